@@ -1,0 +1,37 @@
+"""The contract between the engine and a model runtime. The C++ search only ever sees the
+float32 log-prob arrays that `decoder_step` returns and hands back row indices."""
+from dataclasses import dataclass
+from typing import List, Optional, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about a checkpoint, read from its config (never hard-coded:
+    fairseq-style BART uses pad 1 / eos 2, a BERT vocabulary uses pad 0 / eos 102)."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: Optional[int]
+    decoder_start_id: int
+    max_source_positions: int
+    max_target_positions: int
+
+
+class Backend(Protocol):
+    spec: ModelSpec
+
+    def encode(self, input_ids: Sequence[Sequence[int]], num_beams: int) -> object:
+        """Encode a batch of inputs once and return a decoding state for `num_beams` rows per input
+        that share the input's encoder states."""
+
+    def decoder_step(self, state: object, tokens: np.ndarray, source_rows: Optional[np.ndarray]) -> np.ndarray:
+        """Reorder the state's caches to `source_rows` (None at the first step), append `tokens`
+        (int64, one per row) and return float32 log-probs of shape (rows, vocab)."""
+
+    def score_targets(self, source_ids: Sequence[Sequence[int]],
+                      targets: Sequence[Sequence[Sequence[int]]]) -> List[List[np.ndarray]]:
+        """Teacher-forced log-probs of each target token (EOS included) given its source: for
+        source i, one float32 array per target in targets[i]."""

@@ -1,0 +1,23 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ORACLE = SHARED / "oracle"
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def oracle_dir():
+    if not (ORACLE / "dbs_golden.json").is_file():
+        pytest.skip("../shared/oracle is not beside this checkout (golden vectors unavailable)")
+    return ORACLE
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return DATA
