@@ -21,3 +21,10 @@ def data_dir():
     if not DATA.is_dir():
         pytest.skip("../shared/data is not beside this checkout")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
