@@ -78,12 +78,14 @@ class QAGen:
 
     def _check_separator(self):
         # A separator the tokenizer can never produce would silently reject every QA pair.
-        probe = "who is it ?%s someone" % self.separator
         tok = self.tokenizer
-        round_trip = tok.decode(tok(probe, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
-        if self.separator not in round_trip:
-            raise ValueError("separator %r cannot come out of this tokenizer's decoding (%r decodes to %r); "
-                             "pass the checkpoint's separator" % (self.separator, probe, round_trip))
+        sep_ids = tok(self.separator, add_special_tokens=False)["input_ids"]
+        special = set(tok.all_special_ids) | set(sep_ids)
+        filler = next(i for i in range(len(tok)) if i not in special)
+        round_trip = tok.decode([filler] + sep_ids + [filler], skip_special_tokens=True)
+        if not sep_ids or self.separator not in round_trip:
+            raise ValueError("separator %r cannot come out of this tokenizer's decoding (it round-trips as %r); "
+                             "pass the checkpoint's separator" % (self.separator, round_trip))
 
     def encode_text(self, text: str, max_tokens: int) -> Tuple[List[int], bool]:
         """Text -> ids followed by EOS and no BOS (fairseq BART with no_bos), truncated as the

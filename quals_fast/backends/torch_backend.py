@@ -49,7 +49,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         model = BartForConditionalGeneration.from_pretrained(
-            str(model_dir), local_files_only=True, torch_dtype=self.dtype
+            str(model_dir), local_files_only=True, dtype=self.dtype
         )
         self.model = model.eval().to(self.device)
         cfg = model.config
