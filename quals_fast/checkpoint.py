@@ -10,6 +10,9 @@ ORIGINAL_SEPARATOR = " strutConnector"
 DEFAULT_MODEL_NAME = "qagen-minilm"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Written by `quals-fast export`: an ONNX folder's graphs stand in for the PyTorch weights.
+ONNX_MANIFEST = "quals_onnx.json"
+MODEL_FILES = WEIGHT_FILES + (ONNX_MANIFEST,)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
 
 
@@ -32,7 +35,7 @@ def default_model_dir() -> Path:
     return MODELS_DIR / DEFAULT_MODEL_NAME
 
 
-def open_checkpoint(model_dir=None, needs_weights=WEIGHT_FILES) -> Checkpoint:
+def open_checkpoint(model_dir=None, needs_weights=MODEL_FILES) -> Checkpoint:
     """Checks that a model folder holds what the engine needs and names whatever is missing."""
     path = Path(model_dir) if model_dir is not None else default_model_dir()
     if not path.is_dir():
