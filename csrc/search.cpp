@@ -120,14 +120,20 @@ void diverse_beam_step(const SearchConfig& cfg, int64_t step, int64_t batch, con
                 const float* lp = lprobs + row * row_stride;
                 const float prev = step == 0 ? 0.f : prev_scores[row];
                 const int64_t base = lb * V;
+                float threshold = top.threshold();
                 for (int64_t v = 0; v < V; ++v) {
+                    // Masks and penalties only lower a score and float addition is monotonic, so
+                    // the raw score bounds the final one: most of the vocabulary stops here.
+                    const float bound = step == 0 ? lp[v] : lp[v] + prev;
+                    if (top.full() && !(bound > threshold)) continue;
                     float s = masked(lp, v, mask);
                     // Same float operations in the same order as fairseq:
                     // (lprobs + strength * diversity) then + cumulative score.
                     if (g > 0) s = s + penalty_scale * counts[v];
                     if (step > 0) s = s + prev;
-                    if (top.full() && !(s > top.threshold())) continue;
+                    if (top.full() && !(s > threshold)) continue;
                     top.push(s, base + v);
+                    threshold = top.threshold();
                 }
             }
             const auto& ts = top.scores();
