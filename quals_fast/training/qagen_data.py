@@ -1,0 +1,136 @@
+"""SQuAD v1.1 -> QAGen examples (context -> `question [qsep] answer`), batching and collation.
+
+Questions are kept grouped with their paragraph: SQuAD has ~5 questions per paragraph and the
+encoder (the expensive part on CPU) then runs once per paragraph in a batch, not once per question.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .warmstart import EOS_ID, PAD_ID
+
+TRAIN_FILES = ("squad-v1.1-train-subset.json", "squad-v1.1-dev-a.json")
+VALID_FILE = "squad-v1.1-dev-b.json"  # validation only: never trained on
+
+
+@dataclass
+class Paragraph:
+    source: list[int]  # text ids + eos
+    targets: list[list[int]]  # question [sep] answer, without the final eos
+
+
+def read_squad(path: Path | str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(context, [(question, answer), ...]), ...] in file order; the first gold answer is used
+    (v1.1 dev lists several, usually the same span)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    out = []
+    for article in data["data"]:
+        for para in article["paragraphs"]:
+            qas = [
+                (qa["question"], qa["answers"][0]["text"])
+                for qa in para["qas"]
+                if qa.get("answers") and qa["question"].strip() and qa["answers"][0]["text"].strip()
+            ]
+            if qas:
+                out.append((para["context"], qas))
+    return out
+
+
+def build_paragraphs(
+    files: Iterable[Path | str],
+    tokenizer,
+    sep_id: int,
+    max_source_len: int,
+    max_target_len: int,
+    max_paragraphs: int = 0,
+) -> list[Paragraph]:
+    """Tokenised paragraphs of `files` in order (the first `max_paragraphs` if > 0)."""
+    raw = [pq for path in files for pq in read_squad(path)]
+    if max_paragraphs:
+        raw = raw[:max_paragraphs]
+    # One batched tokenizer call per field: ~10x faster than per-example calls.
+    ctx = _ids(tokenizer, [c for c, _ in raw])
+    qs = _ids(tokenizer, [q.strip() for _, qas in raw for q, _ in qas])
+    ans = _ids(tokenizer, [a.strip() for _, qas in raw for _, a in qas])
+    paras, k = [], 0
+    for (_, qas), c in zip(raw, ctx):
+        tgts = []
+        for _ in qas:
+            tgts.append((qs[k] + [sep_id] + ans[k])[: max_target_len - 1])
+            k += 1
+        paras.append(Paragraph(c[: max_source_len - 1] + [EOS_ID], tgts))
+    return paras
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, verbose=False).input_ids
+
+
+def epoch_order(paragraphs: Sequence[Paragraph], seed: int, epoch: int) -> list[tuple[int, int]]:
+    """(paragraph, question) pairs for one epoch: paragraphs in a seeded random order, each
+    paragraph's questions kept together. Depends only on (seed, epoch), which makes resuming exact."""
+    rng = np.random.default_rng([seed, epoch])
+    order = []
+    for p in rng.permutation(len(paragraphs)):
+        qs = rng.permutation(len(paragraphs[p].targets))
+        order.extend((int(p), int(q)) for q in qs)
+    return order
+
+
+def epoch_batches(paragraphs, seed: int, epoch: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    order = epoch_order(paragraphs, seed, epoch)
+    # The ragged last batch is dropped so every step sees the same number of questions.
+    n = len(order) // batch_size
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n)]
+
+
+def steps_per_epoch(paragraphs, batch_size: int) -> int:
+    return sum(len(p.targets) for p in paragraphs) // batch_size
+
+
+def validation_items(paragraphs, max_examples: int) -> list[tuple[int, int]]:
+    """A fixed subset of the held-out set (same for every run and seed), spread over the file."""
+    items = [(p, q) for p, para in enumerate(paragraphs) for q in range(len(para.targets))]
+    if max_examples and len(items) > max_examples:
+        idx = np.linspace(0, len(items) - 1, max_examples).round().astype(int)
+        items = [items[i] for i in idx]
+    return items
+
+
+def collate(paragraphs: Sequence[Paragraph], items: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Encoder tensors hold each distinct paragraph once; `source_index` maps each question row to
+    its paragraph row. Decoder input = [eos] + target; labels = target + [eos] (pad = -100)."""
+    uniq: dict[int, int] = {}
+    for p, _ in items:
+        uniq.setdefault(p, len(uniq))
+    srcs = [paragraphs[p].source for p in uniq]
+    s_len = max(len(s) for s in srcs)
+    input_ids = torch.full((len(srcs), s_len), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(srcs), s_len), dtype=torch.long)
+    for i, s in enumerate(srcs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention_mask[i, : len(s)] = 1
+    tgts = [paragraphs[p].targets[q] for p, q in items]
+    t_len = max(len(t) for t in tgts) + 1
+    dec_in = torch.full((len(tgts), t_len), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(tgts), t_len), -100, dtype=torch.long)
+    for i, t in enumerate(tgts):
+        dec_in[i, : len(t) + 1] = torch.tensor([EOS_ID] + t)
+        labels[i, : len(t) + 1] = torch.tensor(t + [EOS_ID])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "source_index": torch.tensor([uniq[p] for p, _ in items], dtype=torch.long),
+        "decoder_input_ids": dec_in,
+        "decoder_attention_mask": (labels != -100).long(),
+        "labels": labels,
+    }

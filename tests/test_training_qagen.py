@@ -1,0 +1,257 @@
+"""QAGen training: MiniLM -> BART warm start, target format, recipe (tiny run, exact resume), CLI."""
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/squad")
+
+
+def _import_training():
+    """The training modules need nothing from quals_fast/__init__.py (which loads the compiled
+    core); import them by path when the package itself cannot be imported yet."""
+    try:
+        from quals_fast.training import qagen, qagen_data, warmstart
+
+        return warmstart, qagen_data, qagen
+    except Exception:
+        name = "_quals_fast_training"
+        if name not in sys.modules:
+            pkg_dir = ROOT / "quals_fast" / "training"
+            spec = importlib.util.spec_from_file_location(
+                name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+            )
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        return tuple(importlib.import_module(f"{name}.{m}") for m in ("warmstart", "qagen_data", "qagen"))
+
+
+warmstart, qagen_data, qagen = _import_training()
+
+
+def _minilm_dir():
+    try:
+        d = warmstart.default_minilm_dir()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    if not (d / "model.safetensors").is_file():
+        pytest.skip(f"no MiniLM weights in {d}")
+    return d
+
+
+@pytest.fixture(scope="module")
+def warm():
+    torch.set_num_threads(1)
+    model, tok = warmstart.build_warmstart_model(_minilm_dir(), decoder_layers=2, seed=0)
+    return model, tok
+
+
+def _needs_data():
+    if not (DATA / qagen_data.VALID_FILE).is_file():
+        pytest.skip(f"SQuAD data not found in {DATA}")
+
+
+# --- warm start ------------------------------------------------------------------------------
+
+def test_encoder_is_minilm(warm):
+    from transformers import BertModel
+
+    model, tok = warm
+    texts = [
+        "The cat sat on the mat.",
+        "Paris is the capital of France; about 2.1 million people live there, according to INSEE.",
+        "Short.",
+    ]
+    srcs = [warmstart.encode_source(tok, t) for t in texts]
+    n = max(map(len, srcs))
+    ids = torch.tensor([s + [warmstart.PAD_ID] * (n - len(s)) for s in srcs])
+    mask = (ids != warmstart.PAD_ID).long()
+    bert = BertModel.from_pretrained(str(_minilm_dir()), local_files_only=True, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        ours = model.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask[..., None].bool()
+        # BART hard-codes LayerNorm eps 1e-5 (BERT: 1e-12); that alone moves outputs by <~1e-3.
+        assert (ours - ref).abs().masked_select(m).max() < 5e-3
+        for mod in bert.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.eps = 1e-5
+        ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (ours - ref).abs().masked_select(m).max() < 1e-4
+
+
+def test_warmstart_config_and_weights(warm):
+    model, tok = warm
+    cfg = model.config
+    assert type(model).__name__ == "BartForConditionalGeneration"
+    assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.decoder_start_token_id) == (0, 101, 102, 102)
+    assert cfg.forced_bos_token_id is None and cfg.forced_eos_token_id is None
+    assert not cfg.scale_embedding and cfg.activation_function == "gelu"
+    assert cfg.vocab_size == len(tok) == 30523
+    assert cfg.qagen_separator_token == "[qsep]" and cfg.qagen_separator == " [qsep]"
+    sep = cfg.qagen_separator_token_id
+    assert tok.convert_tokens_to_ids("[qsep]") == sep == 30522
+    shared = model.model.shared.weight
+    assert model.lm_head.weight.data_ptr() == shared.data_ptr()
+    assert model.model.decoder.embed_tokens.weight.data_ptr() == shared.data_ptr()
+    assert torch.allclose(shared[sep], shared[:sep].mean(0), atol=1e-6)
+    assert torch.count_nonzero(model.final_logits_bias) == 0
+    for layer in model.model.decoder.layers:
+        assert torch.equal(layer.encoder_attn_layer_norm.weight, torch.ones(384))
+        assert 0.015 < float(layer.encoder_attn.q_proj.weight.detach().std()) < 0.025
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+    assert warmstart.default_decoder_source_layers(3, 6) == [0, 2, 5] or len(
+        set(warmstart.default_decoder_source_layers(3, 6))) == 3
+    assert warmstart.default_decoder_source_layers(6, 6) == list(range(6))
+
+
+def test_source_format(warm):
+    _, tok = warm
+    ids = warmstart.encode_source(tok, "Hello world. " * 400, max_source_len=512)
+    assert len(ids) == 512 and ids[-1] == warmstart.EOS_ID and warmstart.BOS_ID not in ids
+    assert warmstart.encode_source(tok, "a b c", 3)[-1] == warmstart.EOS_ID
+
+
+def test_separator_round_trip(warm, tmp_path):
+    _needs_data()
+    model, tok = warm
+    sep = model.config.qagen_separator
+    sep_id = model.config.qagen_separator_token_id
+    # The added token is found in raw text too, whatever its case (uncased normaliser).
+    assert tok("Who? [QSEP] him", add_special_tokens=False).input_ids.count(sep_id) == 1
+    warmstart.save_model_folder(model, tok, tmp_path / "m")
+    from transformers import AutoTokenizer
+
+    tok2 = AutoTokenizer.from_pretrained(str(tmp_path / "m"), local_files_only=True)
+    assert tok2.convert_tokens_to_ids("[qsep]") == sep_id
+    n = 0
+    for context, qas in qagen_data.read_squad(DATA / qagen_data.VALID_FILE)[:20]:
+        ctx = tok.decode(tok(context, add_special_tokens=False).input_ids, skip_special_tokens=True).lower()
+        for q, a in qas:
+            ids = warmstart.encode_target(tok, q, a, sep_id)
+            text = tok2.decode(ids, skip_special_tokens=True)
+            assert text.count(sep) == 1
+            dq, da = text.split(sep, 1)
+            ans = tok.decode(tok(a, add_special_tokens=False).input_ids, skip_special_tokens=True)
+            assert da == " " + ans
+            assert ans.lower() in ctx
+            assert warmstart.split_qa(text, sep) == (dq.strip(), ans.strip())
+            n += 1
+    assert n > 50
+
+
+def test_collate_layout(warm):
+    _needs_data()
+    _, tok = warm
+    paras = qagen_data.build_paragraphs([DATA / qagen_data.VALID_FILE], tok, 30522, 64, 32, max_paragraphs=3)
+    items = [(0, 0), (0, 1), (2, 0)]
+    b = qagen_data.collate(paras, items)
+    assert b["input_ids"].shape[0] == 2 and b["source_index"].tolist() == [0, 0, 1]
+    t = paras[0].targets[1]
+    assert b["decoder_input_ids"][1, : len(t) + 1].tolist() == [102] + t
+    assert b["labels"][1, : len(t) + 1].tolist() == t + [102]
+    assert (b["labels"][1, len(t) + 1 :] == -100).all()
+    assert all(p.source[-1] == 102 and len(p.source) <= 64 for p in paras)
+    # Seeded order: same seed, same batches; other epoch, other order.
+    assert qagen_data.epoch_order(paras, 1, 0) == qagen_data.epoch_order(paras, 1, 0)
+
+
+# --- recipe ----------------------------------------------------------------------------------
+
+def _opts(out, **kw):
+    base = dict(
+        output_dir=str(out), data_dir=str(DATA), steps=6, batch_size=4, lr=5e-4, warmup_steps=0,
+        decoder_layers=1, max_source_len=48, max_target_len=24, eval_every=3, save_every=3,
+        val_examples=8, val_batch_size=8, threads=1, train_limit=3, log_every=1, progress=False,
+        device="cpu", seed=123,
+    )
+    base.update(kw)
+    return qagen.TrainQAGenOptions(**base)
+
+
+def _ckpt_state(out, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(out) / "checkpoints" / f"step-{step}" / "model.safetensors"))
+
+
+def test_tiny_run_learns_and_resumes_exactly(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    a = tmp_path / "a"
+    summary = qagen.train_qagen(_opts(a))
+    assert summary["step"] == 6
+    log = [json.loads(line) for line in (a / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "train"]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    vals = [r["val_loss"] for r in log if r["event"] == "validation"]
+    assert len(vals) == 2 and all(v == v for v in vals)
+
+    best = a / "best"
+    cfg = json.loads((best / "config.json").read_text())
+    assert cfg["qagen_separator"] == " [qsep]" and cfg["dtype"] == "float16"
+    assert (best / "tokenizer.json").is_file() and (best / "model.safetensors").stat().st_size < 100e6
+    from transformers import BartForConditionalGeneration
+
+    m = BartForConditionalGeneration.from_pretrained(str(best), local_files_only=True)
+    assert m.config.decoder_layers == 1
+
+    b = tmp_path / "b"
+    first = qagen.train_qagen(_opts(b, stop_after_steps=3))
+    assert first["step"] == 3
+    with pytest.raises(ValueError, match="resume"):
+        qagen.train_qagen(_opts(b))  # checkpoints exist: refuse to silently restart
+    with pytest.raises(ValueError, match="different training options"):
+        qagen.train_qagen(_opts(b, resume=True, lr=1e-3))
+    qagen.train_qagen(_opts(b, resume=True))
+    sa, sb = _ckpt_state(a, 6), _ckpt_state(b, 6)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(steps=None), "exactly one of steps or epochs"),
+        (dict(epochs=1.0), "exactly one of steps or epochs"),
+        (dict(steps=0), "steps must be"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0.0), "lr"),
+        (dict(max_source_len=513), "max_source_len"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(device="tpu"), "device"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(data_dir="/nonexistent"), "lacks"),
+    ],
+)
+def test_bad_options_raise(tmp_path, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _opts(tmp_path, **kw).validate()
+
+
+def test_cli_flags_match_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    qagen.register_cli(sub)
+    args = parser.parse_args(
+        ["train-qagen", "--output-dir", str(tmp_path), "--epochs", "1.5", "--dtype", "bf16", "--resume", "--no-progress"]
+    )
+    assert args.func is qagen._run_cli
+    names = {f.name for f in dataclasses.fields(qagen.TrainQAGenOptions)}
+    assert names <= set(vars(args))
+    opts = qagen.TrainQAGenOptions(**{n: getattr(args, n) for n in names})
+    assert opts.epochs == 1.5 and opts.dtype == "bf16" and opts.resume and not opts.progress and opts.steps is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train-qagen", "--output-dir", "x", "--dtype", "fp8"])
