@@ -8,6 +8,7 @@ import sys
 COMMAND_MODULES = (
     "quals_fast.score_cli",
     "quals_fast.training.qagen",
+    "quals_fast.training.conseq",
     "quals_fast.export",
 )
 
