@@ -8,6 +8,8 @@ import sys
 COMMAND_MODULES = (
     "quals_fast.score_cli",
     "quals_fast.training.qagen",
+    "quals_fast.training.qg",
+    "quals_fast.training.qa",
     "quals_fast.training.conseq",
     "quals_fast.export",
 )

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from quals_fast.reference.qags import (
-    QAGS, ExtractiveQA, QAOptions, QuestionGenerator, answer_candidates, normalize_answer, token_f1, windows)
+    QAGS, ExtractiveQA, QAOptions, QGOptions, QuestionGenerator, answer_candidates, normalize_answer, token_f1,
+    windows)
+from quals_fast.training.qagen import TrainQAGenOptions
 
 
 # --- F1 and normalisation ----------------------------------------------------------------------
@@ -137,3 +139,61 @@ def test_qags_end_to_end(nlp, tiny_model_dir, tiny_qa_dir):
     # Without the filter every question counts.
     qags.filter_unanswerable = False
     assert all(r.score is not None for r in qags.score(sources, summaries))
+
+
+# --- training recipes (QAGen's loop with QG / QA examples) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_squad(tmp_path_factory, data_dir):
+    """The three SQuAD files cut to two paragraphs each, so a recipe run takes seconds."""
+    import json
+
+    from quals_fast.training.qagen_data import TRAIN_FILES, VALID_FILE
+
+    out = tmp_path_factory.mktemp("squad")
+    for name in (*TRAIN_FILES, VALID_FILE):
+        data = json.loads((data_dir / "squad" / name).read_text())
+        article = dict(data["data"][0], paragraphs=data["data"][0]["paragraphs"][:2])
+        (out / name).write_text(json.dumps({"data": [article]}))
+    return out
+
+
+def _minilm():
+    from quals_fast.training import warmstart
+
+    try:
+        return warmstart.default_minilm_dir()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("task", ["qg", "qa"])
+def test_recipe_trains_and_loads_into_qags(task, tiny_squad, tmp_path):
+    from quals_fast.cli import build_parser
+    from quals_fast.training import qa, qg
+
+    _minilm()
+    args = build_parser().parse_args([
+        "train-" + task, "--output-dir", str(tmp_path / task), "--data-dir", str(tiny_squad), "--steps", "2",
+        "--batch-size", "4", "--warmup-steps", "0", "--val-examples", "4", "--threads", "1", "--decoder-layers", "1",
+        "--max-source-len", "128", "--no-progress"])
+    assert args.func.__module__ == qg.__name__     # both recipes share the one CLI builder
+    torch.set_num_threads(1)
+    options = TrainQAGenOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
+    summary = (qg.train_qg if task == "qg" else qa.train_qa)(options)
+    best = tmp_path / task / "best"
+    assert summary["step"] == 2 and best.is_dir()
+    if task == "qg":
+        gen = QuestionGenerator(best, options=QGOptions(num_beams=2, max_question_len=6))
+        assert isinstance(gen.generate(["Paris"], ["The man lives in Paris."])[0], str)
+        assert gen.sep_id != gen.tok.unk_token_id
+    else:
+        model = ExtractiveQA(best)
+        answer = model.answer(["Where does he live?"], ["The man lives in Paris."])[0]
+        assert answer in "The man lives in Paris."
+    # The swapped names are restored: QAGen's own recipe is untouched afterwards.
+    from quals_fast.training import qagen, qagen_data, warmstart
+
+    assert qagen.qagen_loss.__module__ == qagen.__name__
+    assert qagen_data.build_paragraphs.__module__ == qagen_data.__name__
+    assert warmstart.build_warmstart_model.__module__ == warmstart.__name__
