@@ -1,0 +1,87 @@
+"""Benchmark plumbing: collect bench_*.py (the default `pytest` run only looks in tests/), keep
+built models between runs, and print the backends' speed ratios at the end of a run."""
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+# group -> backend -> {"min": seconds, "mean": seconds, "per_call": items per call, "peak_mb": MB}
+RESULTS = defaultdict(dict)
+
+
+def pytest_collect_file(file_path, parent):
+    # Paths named on the command line are already collected by pytest itself.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bench_cache(request, tmp_path_factory):
+    """Where built models and exports live: $QUALS_BENCH_CACHE, else pytest's cache, else a tmp dir."""
+    if os.environ.get("QUALS_BENCH_CACHE"):
+        path = Path(os.environ["QUALS_BENCH_CACHE"])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("quals-bench-models"))
+    return tmp_path_factory.mktemp("quals-bench-models")
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every few ms (torch and ONNX Runtime
+    allocate outside Python, so tracemalloc cannot see them)."""
+
+    def __init__(self, interval=0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self.base = self.peak = _rss_bytes() if os.path.exists("/proc/self/statm") else 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set() and self.base:
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def delta_mb(self):
+        return (self.peak - self.base) / 2 ** 20
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("quals-fast backend ratios (same run; speed-up = torch min time / backend min time)")
+    for group, by_backend in sorted(RESULTS.items()):
+        base = by_backend.get("torch")
+        for backend, r in sorted(by_backend.items(), key=lambda kv: kv[1]["min"]):
+            ratio = "%.2fx" % (base["min"] / r["min"]) if base else "n/a"
+            tr.write_line("%-28s %-10s min %8.3fs  %7.2f %s/s  speed-up vs torch %6s  peak +%.0f MB" % (
+                group, backend, r["min"], r["per_call"] / r["min"], r["unit"], ratio, r["peak_mb"]))
+
+
+@pytest.fixture(scope="session")
+def bench_results():
+    return RESULTS
+
+
+@pytest.fixture(scope="session")
+def peak_rss():
+    return PeakRSS
