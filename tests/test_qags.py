@@ -105,16 +105,9 @@ def test_answer_candidates(nlp):
 
 @pytest.fixture(scope="module")
 def tiny_qa_dir(tiny_model_dir, tmp_path_factory):
-    from transformers import BertConfig, BertForQuestionAnswering
+    from quals_fast.bench_cli import build_random_qa
 
-    path = tmp_path_factory.mktemp("tiny_qa")
-    tok = _tiny_tokenizer(tiny_model_dir)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertForQuestionAnswering(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
+    return build_random_qa(tmp_path_factory.mktemp("tiny_qa"), _tiny_tokenizer(tiny_model_dir))
 
 
 def test_qags_end_to_end(nlp, tiny_model_dir, tiny_qa_dir):

@@ -13,6 +13,7 @@ None of it calls the C++ core, so agreement with ``QualsScorer`` checks the engi
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -133,6 +134,12 @@ class _HFStepper:
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().numpy()
 
 
+def _tick(timings: Dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[stage] += now - since
+    return now
+
+
 def decode(tok, tokens, eos_id: int) -> str:
     tokens = [int(t) for t in tokens]
     if tokens and tokens[-1] == eos_id:
@@ -153,9 +160,13 @@ def _rescore_one(model, source_ids: List[int], target: List[int], start_id: int)
 def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str], num_beams=60, num_groups=60,
                     diversity_strength=0.5, min_len=8, max_len=60, len_penalty=1.0, max_pairs=10,
                     max_source_tokens=1024, separator=None, batch_size=8, model=None, tokenizer=None,
-                    device="cpu") -> List[ReferenceResult]:
+                    device="cpu", timings: Optional[Dict[str, float]] = None) -> List[ReferenceResult]:
     """QUALS for each (source, summary), with the original's settings as defaults. A summary
-    without any kept pair gets score None (the original writes -1e5)."""
+    without any kept pair gets score None (the original writes -1e5). `timings`, if given,
+    accumulates seconds per stage (generation, selection, rescoring)."""
+    timings = timings if timings is not None else {}
+    for stage in ("generation", "selection", "rescoring"):
+        timings.setdefault(stage, 0.0)
     if len(sources) != len(summaries):
         raise ValueError("got %d sources but %d summaries" % (len(sources), len(summaries)))
     if model is None:
@@ -168,14 +179,17 @@ def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str],
     results = []
     for b in range(0, len(sources), batch_size):
         srcs, summs = list(sources[b: b + batch_size]), list(summaries[b: b + batch_size])
+        t = time.perf_counter()
         summ_ids = [encode_text(tokenizer, s, positions, eos) for s in summs]
         stepper = _HFStepper(model, summ_ids, num_beams, pad)
         hyps = generate_reference(stepper, len(summs), num_beams, num_groups, diversity_strength, min_len,
                                   min(max_len, positions - 1), pad_id=pad, eos_id=eos, decoder_start_id=start,
                                   len_penalty=len_penalty)
+        t = _tick(timings, "generation", t)
         for src, summ, hs in zip(srcs, summs, hyps):
             texts = [decode(tokenizer, h.tokens, eos) for h in hs]
-            kept = select_pairs([(t, h.unnormalized_score) for t, h in zip(texts, hs)], summ, sep, max_pairs)
+            kept = select_pairs([(x, h.unnormalized_score) for x, h in zip(texts, hs)], summ, sep, max_pairs)
+            t = _tick(timings, "selection", t)
             src_ids = encode_text(tokenizer, src, min(max_source_tokens, positions), eos)
             pairs = []
             for i, question, answer in kept:
@@ -183,6 +197,7 @@ def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str],
                 lp = _rescore_one(model, src_ids, tokens, start)
                 pairs.append(ReferencePair(question, answer, tokens, float(hs[i].score),
                                            float(np.mean(lp, dtype=np.float64))))
+            t = _tick(timings, "rescoring", t)
             score = float(np.mean([p.source_score - p.summary_score for p in pairs])) if pairs else None
             results.append(ReferenceResult(score, pairs))
     return results

@@ -1,0 +1,652 @@
+"""`quals-fast bench`: quals-fast against the QAGS reference and against the straightforward QUALS
+reference, side by side in one process, alternating, so that machine noise cancels in the ratios.
+
+Writes docs/BENCHMARKS.md (tables, machine, versions, models, settings), PNG plots beside it and,
+with --json, the headline figures. The benchmark suite (benchmarks/bench_quals_vs_qags.py) runs
+the same measurements under pytest-benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Preset:
+    n_pairs: int              # summaries per timed call of the headline comparisons
+    rounds: int               # alternating rounds per comparison
+    reference_pairs: int      # summaries for the (slow) QUALS reference
+    source_words: tuple       # source lengths (words) for the length sweep
+    batch_sizes: tuple        # engine batch sizes for the throughput sweep
+    correlation: int = 0      # QAGS-annotated summaries per dataset for the human correlation
+
+
+PRESETS = {
+    "smoke": Preset(2, 1, 1, (8, 16), (1, 2)),
+    "quick": Preset(4, 1, 2, (50, 200, 800), (1, 2, 4)),
+    "full": Preset(16, 3, 4, (50, 100, 200, 400, 800), (1, 2, 4, 8, 16), correlation=0),
+}
+
+
+# ------------------------------------------------------------------------------ data
+def load_news_pairs(n: int, data_dir=DATA_DIR) -> List[dict]:
+    """n pairs alternating CNN/DM and XSum, in file order."""
+    sets = []
+    for name in ("cnndm_1000.jsonl", "xsum_1000.jsonl"):
+        with open(Path(data_dir) / "news" / name, encoding="utf-8") as f:
+            sets.append([dict(json.loads(line), dataset=name.split("_")[0]) for _, line in zip(range(n), f)])
+    return [p for pair in zip(*sets) for p in pair][:n]
+
+
+def truncate_words(text: str, n: int) -> str:
+    return " ".join(text.split()[:n])
+
+
+# ------------------------------------------------------------------------------ models
+@dataclass
+class ModelInfo:
+    role: str
+    path: str
+    params: int
+    trained: bool
+    note: str
+
+
+def _param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _trained(path: Path) -> bool:
+    return (Path(path) / "training_info.json").is_file()
+
+
+def prepare_models(cache_dir: Path, quals: Optional[str] = None, qg: Optional[str] = None,
+                   qa: Optional[str] = None) -> Dict[str, Path]:
+    """Model folders for the three roles: the ones given, else the embedded default QAGen model
+    (QUALS), else MiniLM warm starts of the same architecture, built once into cache_dir."""
+    from quals_fast.checkpoint import default_model_dir
+
+    cache_dir = Path(cache_dir)
+    out = {}
+    if quals is None and (default_model_dir() / "config.json").is_file():
+        quals = str(default_model_dir())
+    for role, given in (("quals", quals), ("qg", qg), ("qa", qa)):
+        if given is not None:
+            out[role] = Path(given)
+            continue
+        path = cache_dir / ("warmstart-" + role)
+        if not (path / "config.json").is_file():
+            _build_warmstart(role, path)
+        out[role] = path
+    return out
+
+
+def _build_warmstart(role: str, path: Path) -> None:
+    from quals_fast.training.warmstart import SEPARATOR_TOKEN, build_warmstart_model, save_model_folder
+
+    if role == "qa":
+        from quals_fast.training.qa import build_qa_model
+
+        model, tok = build_qa_model()
+        save_model_folder(model, tok, path)
+        return
+    model, tok = build_warmstart_model(seed=0 if role == "quals" else 1)
+    if role == "qg":
+        model.config.qg_separator_token = SEPARATOR_TOKEN
+    save_model_folder(model, tok, path)
+
+
+def build_random_qa(path: Path, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 4,
+                    max_positions: int = 128, seed: int = 0) -> Path:
+    """A randomly initialised encoder + span head over `tokenizer` (tests and smoke runs)."""
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+                     pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    BertForQuestionAnswering(cfg).eval().save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return Path(path)
+
+
+def squad_question_tokens(tokenizer, data_dir=DATA_DIR, default: int = 13) -> int:
+    """Mean question length in tokens (EOS included) on the held-out SQuAD file: what a trained
+    question generator emits, so an untrained one can be run to exactly that length."""
+    from quals_fast.training.qagen_data import VALID_FILE, read_squad
+
+    path = Path(data_dir) / "squad" / VALID_FILE
+    if not path.is_file():
+        return default
+    qs = [q for _, qas in read_squad(path) for q, _ in qas]
+    ids = tokenizer(qs, add_special_tokens=False)["input_ids"]
+    return int(round(np.mean([len(x) for x in ids]))) + 1
+
+
+@dataclass
+class Pipelines:
+    engine: object            # QualsScorer
+    qags: object              # QAGS, or None when spaCy is missing
+    reference: Callable       # (sources, summaries) -> results
+    infos: List[ModelInfo]
+    settings: dict
+
+
+def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "torch", generation: dict = None,
+                    data_dir=DATA_DIR, nlp=None, qa_options=None, with_qags: bool = True) -> Pipelines:
+    import torch
+
+    from quals_fast import QualsScorer
+    from quals_fast.reference.qags import QAGS, ExtractiveQA, QAOptions, QGOptions, QuestionGenerator, load_spacy
+    from quals_fast.reference.quals_reference import load_reference_model, quals_reference
+
+    torch.set_num_threads(threads)
+    generation = dict(generation or {})
+    engine = QualsScorer(str(models["quals"]), backend=backend, **generation)
+    ref_model, ref_tok = load_reference_model(models["quals"])
+
+    def reference(sources, summaries, timings=None):
+        return quals_reference(None, sources, summaries, model=ref_model, tokenizer=ref_tok, timings=timings,
+                               **generation)
+
+    quals_note = "trained" if _trained(models["quals"]) else "untrained"
+    infos = [ModelInfo("QUALS QAGen (quals-fast and QUALS reference)", str(models["quals"]), _param_count(ref_model),
+                       _trained(models["quals"]), quals_note)]
+    settings = {"threads": threads, "backend": backend, "quals_generation": asdict(engine.generation),
+                "quals_selection_max_pairs": engine.selection.max_pairs,
+                "quals_max_source_tokens": min(engine.rescoring.max_source_tokens,
+                                               engine.qagen.spec.max_source_positions)}
+    if not with_qags:
+        return Pipelines(engine, None, reference, infos, settings)
+    qg = QuestionGenerator(models["qg"])
+    qg_note = "trained" if _trained(models["qg"]) else "untrained"
+    if not _trained(models["qg"]):
+        # An untrained generator never says EOS; run it to a trained one's mean question length.
+        qg.options = QGOptions(max_question_len=squad_question_tokens(qg.tok, data_dir) + 1)
+        qg_note += ", run to the mean SQuAD question length (%d tokens incl. EOS)" % (qg.options.max_question_len - 1)
+    qa = ExtractiveQA(models["qa"], options=qa_options or QAOptions())
+    qags = QAGS(qg=qg, qa=qa, nlp=nlp if nlp is not None else load_spacy())
+    infos += [
+        ModelInfo("QAGS question generation", str(models["qg"]), _param_count(qg.model), _trained(models["qg"]),
+                  qg_note),
+        ModelInfo("QAGS question answering", str(models["qa"]), _param_count(qa.model), _trained(models["qa"]),
+                  "trained" if _trained(models["qa"]) else "untrained"),
+    ]
+    settings.update({"qags_qg": asdict(qg.options), "qags_qa": asdict(qa.options), "qags_max_answers": qags.max_answers})
+    return Pipelines(engine, qags, reference, infos, settings)
+
+
+# ------------------------------------------------------------------------------ measurement
+def alternate(fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, List[float]]:
+    """Run every function once per round, in alternating order (A B, B A, ...), and time each call."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t)
+    return times
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every few ms (torch allocates outside
+    Python, so tracemalloc cannot see it)."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.interval, self._stop, self._threading = interval, None, threading
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = self._threading.Event()
+        self._thread = self._threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.base) / 2 ** 20
+
+
+def engine_stage_timer(timings: Dict[str, float]):
+    """Times the engine's stages by swapping timed wrappers in for the names QualsScorer calls."""
+    from quals_fast import scorer
+    from quals_fast.training.qg import swapped
+
+    def timed(fn, stage):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timings[stage] += time.perf_counter() - t
+        return call
+
+    stages = {"_generate": "generation", "select_qa_pairs": "selection", "rescore": "rescoring"}
+    return swapped(scorer, **{name: timed(getattr(scorer, name), stage) for name, stage in stages.items()})
+
+
+def _median(xs):
+    return float(np.median(xs))
+
+
+def compare_quals_qags(p: Pipelines, srcs, summs, rounds: int) -> dict:
+    """quals-fast vs QAGS on the same batch, alternating; with per-stage seconds per summary."""
+    eng_stages: Dict[str, float] = collections.defaultdict(float)
+    kept, asked = [], []
+    p.qags.timings.clear()
+
+    def run_engine():
+        with engine_stage_timer(eng_stages):
+            res = p.engine.score(srcs, summs, batch_size=len(srcs))
+        kept.append(sum(len(r.pairs) for r in res) / len(res))
+
+    def run_qags():
+        res = p.qags.score(srcs, summs)
+        asked.append(sum(len(r.questions) for r in res) / len(res))
+
+    t = alternate({"quals-fast": run_engine, "qags": run_qags}, rounds)
+    quals_s, qags_s = _median(t["quals-fast"]), _median(t["qags"])
+    per = rounds * len(srcs)
+    return {
+        "quals_seconds": t["quals-fast"], "qags_seconds": t["qags"],
+        "quals_summaries_per_s": len(srcs) / quals_s, "qags_summaries_per_s": len(srcs) / qags_s,
+        "ratio": qags_s / quals_s, "quals_pairs_kept_per_summary": float(np.mean(kept)),
+        "qags_questions_per_summary": float(np.mean(asked)),
+        "profile": {"quals-fast": {k: v / per for k, v in eng_stages.items()},
+                    "qags": {k: v / per for k, v in p.qags.timings.items()}},
+    }
+
+
+def compare_engine_reference(p: Pipelines, srcs, summs, rounds: int) -> dict:
+    """quals-fast vs the straightforward QUALS on the same batch, alternating; also checks that
+    they agree."""
+    ref_stages: Dict[str, float] = collections.defaultdict(float)
+    out = {}
+
+    def run_engine():
+        out["engine"] = p.engine.score(srcs, summs, batch_size=len(srcs))
+
+    def run_ref():
+        out["reference"] = p.reference(srcs, summs, timings=ref_stages)
+
+    t = alternate({"quals-fast": run_engine, "reference": run_ref}, rounds)
+    eng, ref = out["engine"], out["reference"]
+    eng_s, ref_s = _median(t["quals-fast"]), _median(t["reference"])
+    return {
+        "n": len(srcs), "engine_seconds": eng_s, "reference_seconds": ref_s, "ratio": ref_s / eng_s,
+        "max_abs_score_difference": max((abs(a.score - b.score) for a, b in zip(eng, ref)
+                                         if a.score is not None and b.score is not None), default=0.0),
+        "same_scored_set": all((a.score is None) == (b.score is None) for a, b in zip(eng, ref)),
+        "profile": {k: v / (rounds * len(srcs)) for k, v in ref_stages.items()},
+    }
+
+
+def sweep_source_length(p: Pipelines, words: Sequence[int], data_dir=DATA_DIR) -> List[dict]:
+    """One summary against ever longer prefixes of the longest source among the first pairs."""
+    longest = sorted(load_news_pairs(40, data_dir), key=lambda x: -len(x["source"].split()))[0]
+    rows = []
+    for n in words:
+        src = truncate_words(longest["source"], n)
+        fns = {"quals-fast": lambda: p.engine.score([src], [longest["summary"]])}
+        if p.qags is not None:
+            fns["qags"] = lambda: p.qags.score([src], [longest["summary"]])
+        t = alternate(fns, 1)
+        rows.append({"source_words": len(src.split()),
+                     "source_tokens": len(p.engine.qagen.tokenizer(src, add_special_tokens=False)["input_ids"]),
+                     "quals_seconds": t["quals-fast"][0], "qags_seconds": t.get("qags", [None])[0]})
+    return rows
+
+
+def sweep_batch_size(p: Pipelines, sizes: Sequence[int], data_dir=DATA_DIR) -> List[dict]:
+    pairs = load_news_pairs(max(sizes), data_dir)
+    rows = []
+    for bs in sizes:
+        s, m = [x["source"] for x in pairs[:bs]], [x["summary"] for x in pairs[:bs]]
+        with PeakRSS() as mem:
+            t = alternate({"e": lambda: p.engine.score(s, m, batch_size=bs)}, 1)["e"][0]
+        rows.append({"batch_size": bs, "quals_summaries_per_s": bs / t, "quals_peak_mb": mem.delta_mb})
+    return rows
+
+
+def peak_memory(p: Pipelines, srcs, summs) -> Dict[str, float]:
+    """Resident memory one scoring call adds above the loaded models, per pipeline (MB)."""
+    fns = {"quals-fast": lambda: p.engine.score(srcs, summs, batch_size=len(srcs)),
+           "quals-reference": lambda: p.reference(srcs, summs)}
+    if p.qags is not None:
+        fns["qags"] = lambda: p.qags.score(srcs, summs)
+    mem = {}
+    for name, fn in fns.items():
+        with PeakRSS() as m:
+            fn()
+        mem[name] = m.delta_mb
+    return mem
+
+
+def warm_up(p: Pipelines, data_dir=DATA_DIR) -> None:
+    # First calls pay one-off costs (allocator growth, lazy imports) that no later call pays.
+    pair = load_news_pairs(1, data_dir)[0]
+    p.engine.score([pair["source"]], [pair["summary"]])
+    if p.qags is not None:
+        p.qags.score([pair["source"]], [pair["summary"]])
+
+
+def run_suite(p: Pipelines, preset: Preset, data_dir=DATA_DIR, log=print) -> dict:
+    pairs = load_news_pairs(preset.n_pairs, data_dir)
+    srcs, summs = [x["source"] for x in pairs], [x["summary"] for x in pairs]
+    log("warm-up")
+    warm_up(p, data_dir)
+    results: dict = {"n_pairs": len(pairs), "datasets": dict(collections.Counter(x["dataset"] for x in pairs))}
+    log("quals-fast vs QAGS: %d summaries x %d rounds" % (len(pairs), preset.rounds))
+    qv = compare_quals_qags(p, srcs, summs, preset.rounds)
+    results["profile"] = qv.pop("profile")
+    results["quals_vs_qags"] = qv
+    log("  %.3f vs %.3f summaries/s: ratio %.2f" % (qv["quals_summaries_per_s"], qv["qags_summaries_per_s"], qv["ratio"]))
+    n = preset.reference_pairs
+    log("quals-fast vs QUALS reference: %d summaries x %d rounds" % (n, preset.rounds))
+    ev = compare_engine_reference(p, srcs[:n], summs[:n], preset.rounds)
+    results["profile"]["quals-reference"] = ev.pop("profile")
+    results["engine_vs_reference"] = ev
+    log("  ratio %.2f (largest score difference %.2g)" % (ev["ratio"], ev["max_abs_score_difference"]))
+    log("cost vs source length")
+    results["source_length"] = sweep_source_length(p, preset.source_words, data_dir)
+    log("throughput vs batch size")
+    results["batch_size"] = sweep_batch_size(p, preset.batch_sizes, data_dir)
+    log("peak memory")
+    results["peak_memory_mb"] = peak_memory(p, srcs[:n], summs[:n])
+    return results
+
+
+# ------------------------------------------------------------------------------ human correlation
+def human_scores(path: Path, n: int) -> List[dict]:
+    """QAGS annotations: the summary (its sentences joined) and the mean over its sentences of the
+    majority vote of the three annotators (1 = supported)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line, _ in zip(f, range(n) if n else iter(int, 1)):
+            d = json.loads(line)
+            votes = [np.mean([r["response"] == "yes" for r in s["responses"]]) > 0.5 for s in d["summary_sentences"]]
+            out.append({"source": d["article"], "summary": " ".join(s["sentence"] for s in d["summary_sentences"]),
+                        "human": float(np.mean(votes))})
+    return out
+
+
+def correlations(metric: Sequence[Optional[float]], human: Sequence[float]) -> dict:
+    from scipy import stats
+
+    keep = [(m, h) for m, h in zip(metric, human) if m is not None]
+    if len(keep) < 3:
+        return {"pearson": None, "spearman": None, "n": len(keep)}
+    m, h = np.array(keep).T
+    return {"pearson": float(stats.pearsonr(m, h)[0]), "spearman": float(stats.spearmanr(m, h)[0]), "n": len(keep)}
+
+
+def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print) -> dict:
+    out = {}
+    for name in ("cnndm", "xsum"):
+        items = human_scores(Path(data_dir) / "qags" / ("mturk_%s.jsonl" % name), n)
+        src, summ, human = [x["source"] for x in items], [x["summary"] for x in items], [x["human"] for x in items]
+        log("human correlation on QAGS-%s: %d summaries" % (name.upper(), len(items)))
+        quals = [r.score for r in p.engine.score(src, summ, batch_size=4)]
+        qags = [r.score for r in p.qags.score(src, summ)]
+        out[name] = {"quals": correlations(quals, human), "qags": correlations(qags, human)}
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def machine_state() -> dict:
+    import torch
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    busy = []
+    try:
+        ps = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+                            timeout=10).stdout.splitlines()[1:6]
+        busy = [" ".join(line.split()[1:])[:90] for line in ps if float(line.split()[1]) > 20
+                and str(os.getpid()) != line.split()[0]]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__}
+    for mod in ("spacy", "numpy"):
+        with contextlib.suppress(ImportError):
+            versions[mod] = __import__(mod).__version__
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": open("/proc/loadavg").read().split()[:3],
+            "other_busy_processes": busy, "versions": versions, "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_plots(results: dict, out_dir: Path) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    rows = results["batch_size"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["batch_size"] for r in rows], [r["quals_summaries_per_s"] for r in rows], "o-", label="quals-fast")
+    ax.axhline(results["quals_vs_qags"]["qags_summaries_per_s"], color="C1", ls="--",
+               label="QAGS reference (batch %d)" % results["n_pairs"])
+    ax.set_xlabel("batch size (summaries)")
+    ax.set_ylabel("summaries / s")
+    ax.set_xscale("log", base=2)
+    ax.set_title("Throughput vs batch size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "bench_batch_size.png", dpi=110)
+    names.append("bench_batch_size.png")
+    plt.close(fig)
+    rows = results["source_length"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = [r["source_tokens"] for r in rows]
+    ax.plot(x, [r["quals_seconds"] for r in rows], "o-", label="quals-fast")
+    ax.plot(x, [r["qags_seconds"] for r in rows], "s-", label="QAGS reference")
+    ax.set_xlabel("source length (tokens)")
+    ax.set_ylabel("seconds per summary")
+    ax.set_title("Time vs source length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "bench_source_length.png", dpi=110)
+    names.append("bench_source_length.png")
+    plt.close(fig)
+    return names
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None else ("%.*f" % (digits, x))
+
+
+def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machine: dict, preset_name: str,
+                 command: str, path: Path, plots: List[str]) -> None:
+    qv, ev = results["quals_vs_qags"], results["engine_vs_reference"]
+    target = 55.0
+    lines = [
+        "# Benchmarks: quals-fast vs QAGS and vs the straightforward QUALS",
+        "",
+        "Produced by `%s` (preset `%s`) on %s, commit %s. Every comparison ran in the same process, "
+        "alternating the pipelines, so that machine noise falls on both sides of a ratio." % (
+            command, preset_name, machine["date"], machine["commit"]),
+        "",
+        "## Headline",
+        "",
+        "| comparison | quals-fast | other | ratio |",
+        "|---|---|---|---|",
+        "| vs QAGS reference (summaries/s) | %s | %s | **%.1fx** |" % (
+            _fmt(qv["quals_summaries_per_s"]), _fmt(qv["qags_summaries_per_s"]), qv["ratio"]),
+        "| vs QUALS reference (s for %s summaries) | %s | %s | **%.1fx** |" % (
+            ev["n"], _fmt(ev["engine_seconds"], 2), _fmt(ev["reference_seconds"], 2),
+            ev["ratio"]),
+        "",
+    ]
+    if qv["ratio"] >= target:
+        lines.append("The 55x target is met on this machine (%.1fx)." % qv["ratio"])
+    else:
+        lines.append("**The 55x target is NOT met on this machine: quals-fast is %.1fx faster than the QAGS "
+                     "reference at equal model scale.** Where the time goes is in the per-stage profile below."
+                     % qv["ratio"])
+    lines += [
+        "",
+        "The engine and the QUALS reference agree: largest score difference %s on the %s summaries compared "
+        "(same summaries scored: %s)." % (_fmt(ev["max_abs_score_difference"], 6), ev["n"],
+                                          ev["same_scored_set"]),
+        "QUALS kept %.1f QA pairs per summary; QAGS asked %.1f questions per summary." % (
+            qv["quals_pairs_kept_per_summary"], qv["qags_questions_per_summary"]),
+        "",
+        "## Machine",
+        "",
+        "- CPU: %s, %s cores; load average at the end %s" % (machine["cpu"], machine["cores"],
+                                                           " ".join(machine["loadavg"])),
+        "- shared with other work while measuring: %s" % (
+            "; ".join("`%s`" % b for b in machine["other_busy_processes"]) or "nothing else was busy"),
+        "- versions: %s" % ", ".join("%s %s" % kv for kv in machine["versions"].items()),
+        "",
+        "## Models (same scale in both pipelines)",
+        "",
+        "| role | folder | parameters | state |",
+        "|---|---|---|---|",
+    ]
+    for m in p_infos:
+        lines.append("| %s | `%s` | %.1f M | %s |" % (m.role, m.path, m.params / 1e6, m.note))
+    lines += [
+        "",
+        "An untrained model's output lengths are arbitrary: an untrained QAGen tends to run its beams towards "
+        "max_len (more generation work than a trained one) but keeps few pairs (less rescoring work); an untrained "
+        "QAGS generator is run to the mean SQuAD question length, what a trained one emits.",
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(settings, indent=1),
+        "```",
+        "",
+        "## Per-stage profile (seconds per summary)",
+        "",
+        "| pipeline | stage | s / summary |",
+        "|---|---|---|",
+    ]
+    for pipe, stages in results["profile"].items():
+        for stage, sec in stages.items():
+            lines.append("| %s | %s | %.3f |" % (pipe, stage, sec))
+    lines += ["", "## Time vs source length (one summary)", "",
+              "| source words | source tokens | quals-fast s | QAGS s | ratio |", "|---|---|---|---|---|"]
+    for r in results["source_length"]:
+        lines.append("| %d | %d | %.2f | %.2f | %.1fx |" % (r["source_words"], r["source_tokens"], r["quals_seconds"],
+                                                         r["qags_seconds"], r["qags_seconds"] / r["quals_seconds"]))
+    lines += ["", "QUALS reads the source once per pair set (truncated to %s tokens); QAGS reads every window of "
+              "it once per question." % settings.get("quals_max_source_tokens"), "",
+              "![time vs source length](%s)" % plots[1] if len(plots) > 1 else "", "",
+              "## Throughput vs batch size (quals-fast)", "", "| batch | summaries/s | peak MB added |", "|---|---|---|"]
+    for r in results["batch_size"]:
+        lines.append("| %d | %.3f | %.0f |" % (r["batch_size"], r["quals_summaries_per_s"], r["quals_peak_mb"]))
+    lines += ["", "![throughput vs batch size](%s)" % plots[0] if plots else "", "", "## Peak memory",
+              "", "Resident memory a scoring call adds above the loaded models (MB):", "",
+              "| pipeline | peak MB added |", "|---|---|"]
+    for k, v in results["peak_memory_mb"].items():
+        lines.append("| %s | %.0f |" % (k, v))
+    corr = results.get("correlation")
+    lines += ["", "## Agreement with human judgments (QAGS-CNNDM, QAGS-XSUM)", ""]
+    if corr:
+        lines += ["| dataset | metric | Pearson | Spearman | n |", "|---|---|---|---|---|"]
+        for ds, by in corr.items():
+            for metric, c in by.items():
+                lines.append("| QAGS-%s | %s | %s | %s | %d |" % (ds.upper(), metric.upper(), _fmt(c["pearson"]),
+                                                                 _fmt(c["spearman"]), c["n"]))
+    else:
+        lines.append("Not measured in this run (`--correlation N` measures it on N summaries per dataset).")
+    notes = results.get("notes")
+    if notes:
+        lines += ["", "## Notes", ""] + ["- " + n for n in notes]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def headline(results: dict) -> dict:
+    qv = results["quals_vs_qags"]
+    return {"quals_vs_qags_ratio": qv["ratio"], "engine_vs_reference_ratio": results["engine_vs_reference"]["ratio"],
+            "quals_summaries_per_s": qv["quals_summaries_per_s"], "qags_summaries_per_s": qv["qags_summaries_per_s"]}
+
+
+# ------------------------------------------------------------------------------ CLI
+def register_cli(subparsers):
+    p = subparsers.add_parser("bench", help="benchmark quals-fast against QAGS and the QUALS reference",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                      help="a few summaries, one round (default)")
+    size.add_argument("--full", dest="preset", action="store_const", const="full", help="more summaries and rounds")
+    p.set_defaults(preset="quick", func=_run_cli)
+    p.add_argument("--output", default=str(REPO / "docs" / "BENCHMARKS.md"), help="report path")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--quals-model", default=None, help="QAGen folder (default: embedded model, else a MiniLM warm start)")
+    p.add_argument("--qg-model", default=None, help="QAGS question generator folder (default: MiniLM warm start)")
+    p.add_argument("--qa-model", default=None, help="QAGS QA model folder (default: MiniLM + span head)")
+    p.add_argument("--cache-dir", default=str(REPO / "runs" / "bench-models"), help="where warm starts are built")
+    p.add_argument("--data-dir", default=str(DATA_DIR))
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every pipeline")
+    p.add_argument("--backend", default="torch", help="quals-fast backend")
+    p.add_argument("--correlation", type=int, default=None, metavar="N",
+                   help="also measure agreement with human judgments on N QAGS summaries per dataset (0 = all)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    return p
+
+
+def _run_cli(args) -> int:
+    preset = PRESETS[args.preset]
+    log = lambda msg: print("[bench] " + msg, file=sys.stderr, flush=True)  # noqa: E731
+    models = prepare_models(Path(args.cache_dir), args.quals_model, args.qg_model, args.qa_model)
+    pipes = build_pipelines(models, threads=args.threads, backend=args.backend, data_dir=args.data_dir)
+    results = run_suite(pipes, preset, args.data_dir, log)
+    n_corr = args.correlation if args.correlation is not None else preset.correlation
+    if args.correlation is not None or n_corr:
+        results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log)
+    results["notes"] = list(args.note)
+    machine = machine_state()
+    out = Path(args.output)
+    plots = write_plots(results, out.parent)
+    command = "quals-fast bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else ["--" + args.preset])
+    write_report(results, pipes.infos, pipes.settings, machine, args.preset, command, out, plots)
+    summary = headline(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**summary, "results": results, "machine": machine,
+                                               "models": [asdict(m) for m in pipes.infos]}, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
