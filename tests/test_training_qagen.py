@@ -111,8 +111,8 @@ def test_warmstart_config_and_weights(warm):
         assert 0.015 < float(layer.encoder_attn.q_proj.weight.detach().std()) < 0.025
     for p in model.parameters():
         assert torch.isfinite(p).all()
-    assert warmstart.default_decoder_source_layers(3, 6) == [0, 2, 5] or len(
-        set(warmstart.default_decoder_source_layers(3, 6))) == 3
+    assert warmstart.default_decoder_source_layers(3, 6) == [0, 3, 5]
+    assert warmstart.default_decoder_source_layers(2, 6) == [0, 5]
     assert warmstart.default_decoder_source_layers(6, 6) == list(range(6))
 
 
