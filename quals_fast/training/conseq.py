@@ -259,22 +259,26 @@ class SamplingOptions:
 
 
 @torch.no_grad()
+def generate_summaries(model, tokenizer, sources: Sequence[str], max_source_len: int, **generate_kwargs) -> List[str]:
+    """transformers `generate` on sources encoded as for training; returns the decoded texts,
+    num_return_sequences per source, source by source."""
+    cfg = model.config
+    ids = encode(tokenizer, sources, cfg.eos_token_id, _max_source_len(model, max_source_len))
+    input_ids = pad_batch(ids, cfg.pad_token_id).to(next(model.parameters()).device)
+    model.eval()
+    out = model.generate(input_ids=input_ids, attention_mask=input_ids.ne(cfg.pad_token_id),
+                         pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id, **generate_kwargs)
+    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
 def sample_summaries(model, tokenizer, sources: Sequence[str], options: SamplingOptions, seed: int) -> List[List[str]]:
     """num_samples top-k samples per source. The seed is set per call, so a resumed run that keeps
     its batch size redraws exactly the samples it would have drawn."""
-    cfg = model.config
-    ids = encode(tokenizer, sources, cfg.eos_token_id, _max_source_len(model, options.max_source_len))
-    device = next(model.parameters()).device
-    input_ids = pad_batch(ids, cfg.pad_token_id).to(device)
     torch.manual_seed(seed)
-    model.eval()
-    out = model.generate(input_ids=input_ids, attention_mask=input_ids.ne(cfg.pad_token_id), do_sample=True,
-                         top_k=options.top_k, top_p=1.0, temperature=1.0, num_beams=1,
-                         num_return_sequences=options.num_samples, min_new_tokens=options.min_len,
-                         max_new_tokens=options.max_len, pad_token_id=cfg.pad_token_id,
-                         eos_token_id=cfg.eos_token_id)
-    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     k = options.num_samples
+    texts = generate_summaries(model, tokenizer, sources, options.max_source_len, do_sample=True,
+                               top_k=options.top_k, top_p=1.0, temperature=1.0, num_beams=1, num_return_sequences=k,
+                               min_new_tokens=options.min_len, max_new_tokens=options.max_len)
     return [texts[i * k: (i + 1) * k] for i in range(len(sources))]
 
 
@@ -287,6 +291,7 @@ class FinetuneOptions:
     label_smoothing: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float = 0.1
+    warmup_steps: int = 0
     max_source_len: int = 512
     max_target_len: int = 128
     save_every: int = 200
@@ -339,8 +344,11 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
-    # fairseq's polynomial_decay with power 1 and no warm-up: linear from lr to 0.
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: max(0.0, 1.0 - s / total))
+    # fairseq's polynomial_decay with power 1: linear to 0 (CONSEQ uses no warm-up; a fresh
+    # summarizer's MLE stage needs one).
+    warm = options.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     step = 0
     ckpts = _checkpoints(out)
     if ckpts and not resume:

