@@ -40,9 +40,9 @@ def test_ties_go_to_earlier_documents_and_samples():
 
 def test_documents_without_qa_pairs():
     assert pick_negative([None, -1.0, None]) == (1, -1.0)
-    assert pick_negative([None, -1.0], no_pair="lowest") == (0, -math.inf)
+    assert pick_negative([None, -1.0], no_pair="lowest") == (0, -1e5)
     assert pick_negative([None, None]) is None
-    assert pick_negative([EMPTY, None], no_pair="lowest") == (1, -math.inf)
+    assert pick_negative([EMPTY, None], no_pair="lowest") == (1, -1e5)
     assert pick_negative([EMPTY, -1e5]) is None         # the reference's sentinel is no score either
     samples = [[None, None], [-1.0], [-2.0], [-3.0]]
     # d0 has no negative: it ranks after all (k = round(0.6 * 4) = 2 -> d3, d2) and is never kept.
@@ -186,6 +186,11 @@ def test_end_to_end_and_resume(tmp_path, tiny_model_dir, data):
     assert read_jsonl(run / "contrastive.jsonl") == contrastive
     resumed = _weights(run / "model")
     assert all(torch.allclose(final[k], resumed[k], atol=1e-6) for k in final)
+    # Checkpoints of one contrastive set never continue on another.
+    shutil.rmtree(run / "model")
+    (run / "contrastive.jsonl").write_text(json.dumps({**contrastive[0], "negative": "the of to"}) + "\n")
+    with pytest.raises(SystemExit, match="other examples"):
+        conseq(data, tiny_model_dir, run, "--resume", "--stages", "train")
 
 
 def _weights(folder):

@@ -30,6 +30,7 @@ and run `--stages build,train` there."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -89,7 +90,7 @@ def pick_negative(sample_scores: Sequence[Optional[float]], no_pair: str = "skip
         if not _usable(s):
             if no_pair == "skip":
                 continue
-            s = -math.inf
+            s = REFERENCE_NO_PAIR_SCORE
         if best is None or s < best[1]:
             best = (i, float(s))
     return best
@@ -152,14 +153,21 @@ def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int) -
     return label_smoothed_nll_loss(_log_one_minus_p(logits), labels, 0.0, pad_id)
 
 
+def positive_term(logits, labels, pad_id: int, label_smoothing: float = 0.1) -> torch.Tensor:
+    return label_smoothed_nll_loss(torch.log_softmax(logits.float(), dim=-1), labels, label_smoothing, pad_id)
+
+
+def negative_term(logits, labels, pad_id: int, label_smoothing: float = 0.1) -> torch.Tensor:
+    return label_smoothed_nll_loss(_log_one_minus_p(logits), labels, label_smoothing, pad_id)
+
+
 def conseq_loss(pos_logits, pos_labels, neg_logits, neg_labels, pad_id: int, label_smoothing: float = 0.1):
     """The reference criterion (label_smoothed_cross_entropy_with_unlikelihood): the same
     label-smoothed NLL on log p for the positive and on log(clamp(1 - p, 1e-20)) for the
     negative, both summed over non-pad tokens, added. fairseq then divides the gradient by the
     number of target tokens of both; the trainer here does the same."""
-    pos = label_smoothed_nll_loss(torch.log_softmax(pos_logits.float(), dim=-1), pos_labels, label_smoothing, pad_id)
-    neg = label_smoothed_nll_loss(_log_one_minus_p(neg_logits), neg_labels, label_smoothing, pad_id)
-    return pos + neg
+    return (positive_term(pos_logits, pos_labels, pad_id, label_smoothing)
+            + negative_term(neg_logits, neg_labels, pad_id, label_smoothing))
 
 
 # ============================================================ in-loop reward
@@ -169,7 +177,7 @@ class QualsReward:
         reward = QualsReward(device="cuda")            # default QAGen model
         r = reward(sources, generated)                 # float32 tensor (len,) on `device`
 
-    A summary for which no QA pair survives has no QUALS. no_pair_reward="min" (default) gives
+    A summary for which no QA pair survives (or an empty one) has no QUALS. no_pair_reward="min" (default) gives
     it the lowest reward of the summaries of the same call that have one, so that emitting
     uncheckable text is never a way to a better reward; when no summary of the call has a pair
     all get 0.0 (every reward equal: no preference). A float gives that fixed value instead.
@@ -350,6 +358,8 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     step = 0
+    digest = hashlib.sha1(json.dumps([[e["source"], e["positive"], e.get("negative")] for e in examples]).encode())
+    digest = digest.hexdigest()
     ckpts = _checkpoints(out)
     if ckpts and not resume:
         raise ValueError("%s already has checkpoints; resume or use a new folder" % out)
@@ -357,12 +367,16 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
         from safetensors.torch import load_model
 
         step, path = ckpts[-1]
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if state.get("examples_sha1") != digest:
+            raise ValueError("%s was trained on other examples than these; use a new folder" % out)
         load_model(model, str(path / "model.safetensors"), strict=True)
         model.tie_weights()
-        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step", disable=not progress, dynamic_ncols=True)
     while step < total:
@@ -370,15 +384,14 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
         order = np.random.RandomState(options.seed + epoch).permutation(len(examples))
         idx = order[k * options.batch_size: (k + 1) * options.batch_size]
         logits, labels = _batch_logits(model, [srcs[i] for i in idx], [pos[i] for i in idx], pad_id, start_id)
-        lprobs = torch.log_softmax(logits.float(), dim=-1)
-        pos_loss = label_smoothed_nll_loss(lprobs, labels, options.label_smoothing, pad_id)
+        pos_loss = positive_term(logits, labels, pad_id, options.label_smoothing)
         ntok = int(labels.ne(pad_id).sum())
         neg_idx = [i for i in idx if neg[i] is not None]
         neg_loss = torch.zeros((), device=pos_loss.device)
         if neg_idx:
             n_logits, n_labels = _batch_logits(model, [srcs[i] for i in neg_idx], [neg[i] for i in neg_idx],
                                                pad_id, start_id)
-            neg_loss = label_smoothed_nll_loss(_log_one_minus_p(n_logits), n_labels, options.label_smoothing, pad_id)
+            neg_loss = negative_term(n_logits, n_labels, pad_id, options.label_smoothing)
             ntok += int(n_labels.ne(pad_id).sum())
         optim.zero_grad(set_to_none=True)
         ((pos_loss + neg_loss) / ntok).backward()
@@ -394,7 +407,7 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
             log({"event": "train", "step": step, "pos_loss_sum": pos_sum, "neg_loss_sum": neg_sum, "tokens": ntok,
                  "lr": sched.get_last_lr()[0]})
         if step == total or (options.save_every and step % options.save_every == 0):
-            _save_checkpoint(out, step, model, optim, sched, options.keep_checkpoints)
+            _save_checkpoint(out, step, model, optim, sched, options.keep_checkpoints, digest)
     bar.close()
     model.eval()
     tmp = out / ".model-tmp"
@@ -408,7 +421,7 @@ def finetune(model, tokenizer, examples: Sequence[dict], out_dir, options: Finet
     return final
 
 
-def _save_checkpoint(out: Path, step: int, model, optim, sched, keep: int) -> None:
+def _save_checkpoint(out: Path, step: int, model, optim, sched, keep: int, examples_sha1: str) -> None:
     from safetensors.torch import save_model
 
     tmp, final = out / "checkpoints" / (".tmp-step-%d" % step), out / "checkpoints" / ("step-%d" % step)
@@ -416,7 +429,9 @@ def _save_checkpoint(out: Path, step: int, model, optim, sched, keep: int) -> No
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+                "torch_rng": torch.get_rng_state(), "examples_sha1": examples_sha1,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a crash mid-write never leaves a half checkpoint under the real name
     for _, old in _checkpoints(out)[:-keep]:
@@ -606,7 +621,11 @@ class Run:
         opts = FinetuneOptions(lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing,
                                weight_decay=a.weight_decay, clip_norm=a.clip_norm, max_source_len=a.max_source_len,
                                max_target_len=a.max_target_len, save_every=a.save_every, seed=a.seed)
-        final = finetune(model, tok, examples, self.out, opts, resume=a.resume, progress=not a.no_progress, log=self.log)
+        try:
+            final = finetune(model, tok, examples, self.out, opts, resume=a.resume, progress=not a.no_progress,
+                             log=self.log)
+        except ValueError as exc:
+            raise SystemExit("conseq: %s" % exc) from None
         self.log({"event": "trained", "model": str(final)})
         print("conseq: model written to %s" % final)
         return final
