@@ -206,18 +206,18 @@ def reward_cost(a) -> None:
     from quals_fast.training.conseq import QualsReward, read_jsonl
 
     docs = read_jsonl(a.reward_data or a.out / "heldout.jsonl")
-    reward = QualsReward(a.qagen, device=a.device, batch_size=a.batch_size)
+    reward = QualsReward(a.qagen, device=a.device, batch_size=a.reward_batch_size)
     times = []
-    for b in range(a.batches + 1):
-        chunk = docs[b * a.batch_size: (b + 1) * a.batch_size]
+    for b in range(a.reward_batches + 1):
+        chunk = docs[b * a.reward_batch_size: (b + 1) * a.reward_batch_size]
         r = reward([d["source"] for d in chunk], [d["summary"] for d in chunk])
         times.append(reward.last_seconds)
         log("batch %d: %.2f s, rewards %s" % (b, reward.last_seconds, [round(x, 3) for x in r.tolist()]))
     steady = times[1:]
-    print(json.dumps({"qagen": str(a.qagen or "default"), "device": a.device, "batch_size": a.batch_size,
+    print(json.dumps({"qagen": str(a.qagen or "default"), "device": a.device, "batch_size": a.reward_batch_size,
                       "torch_threads": torch.get_num_threads(), "first_call_s": round(times[0], 3),
                       "mean_s_per_batch": round(float(np.mean(steady)), 3),
-                      "s_per_summary": round(float(np.mean(steady)) / a.batch_size, 3)}))
+                      "s_per_summary": round(float(np.mean(steady)) / a.reward_batch_size, 3)}))
 
 
 STEPS = {"prepare": prepare, "mle": mle, "conseq": conseq, "evaluate": evaluate, "table": table,
@@ -225,7 +225,9 @@ STEPS = {"prepare": prepare, "mle": mle, "conseq": conseq, "evaluate": evaluate,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: an unknown option must reach `quals-fast conseq` whole, not match a prefix here.
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("step", choices=["all", *STEPS])
     p.add_argument("--out", type=Path, default=REPO / "runs" / "conseq-demo")
     p.add_argument("--data", default=str(NEWS))
@@ -245,8 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--qags-qg", default=None, help="QAGS question-generation model folder (QAGS column)")
     p.add_argument("--qags-qa", default=None, help="QAGS extractive-QA model folder (QAGS column)")
-    p.add_argument("--batch-size", type=int, default=8, help="reward-cost: summaries per call")
-    p.add_argument("--batches", type=int, default=3, help="reward-cost: timed calls after the first")
+    p.add_argument("--reward-batch-size", type=int, default=8, help="reward-cost: summaries per call")
+    p.add_argument("--reward-batches", type=int, default=3, help="reward-cost: timed calls after the first")
     p.add_argument("--reward-data", default=None, help="reward-cost: JSONL documents (default: OUT/heldout.jsonl)")
     p.add_argument("--threads", type=int, default=0)
     a, rest = p.parse_known_args(argv)
