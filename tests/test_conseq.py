@@ -219,6 +219,9 @@ def test_shards_and_rouge_baseline(tmp_path, tiny_model_dir, data):
         assert scores[d]["samples"] == pytest.approx(want)
     # k = round(0.7 * 3) = 2 documents, the ground-truth filter off.
     assert len(read_jsonl(merged / "contrastive.jsonl")) == 2
+    lone = tmp_path / "shard0"   # one shard alone cannot be built: it lacks the other's documents
+    with pytest.raises(SystemExit, match="lacks 1 of 3 documents"):
+        conseq(data, tiny_model_dir, lone, "--metric", "rouge", "--stages", "build")
     # sharded sampling draws what one unsharded run draws
     whole = tmp_path / "whole"
     assert conseq(data, tiny_model_dir, whole, "--metric", "rouge", "--stages", "sample") == 0

@@ -621,11 +621,7 @@ class Run:
         opts = FinetuneOptions(lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, label_smoothing=a.label_smoothing,
                                weight_decay=a.weight_decay, clip_norm=a.clip_norm, max_source_len=a.max_source_len,
                                max_target_len=a.max_target_len, save_every=a.save_every, seed=a.seed)
-        try:
-            final = finetune(model, tok, examples, self.out, opts, resume=a.resume, progress=not a.no_progress,
-                             log=self.log)
-        except ValueError as exc:
-            raise SystemExit("conseq: %s" % exc) from None
+        final = finetune(model, tok, examples, self.out, opts, resume=a.resume, progress=not a.no_progress, log=self.log)
         self.log({"event": "trained", "model": str(final)})
         print("conseq: model written to %s" % final)
         return final
@@ -698,5 +694,8 @@ def run_cli(args) -> int:
     run.log({"event": "start", "stages": stages, "options": {k: v for k, v in vars(args).items() if k != "func"}})
     for stage in STAGES:
         if stage in stages:
-            getattr(run, stage)()
+            try:
+                getattr(run, stage)()
+            except (ValueError, FileNotFoundError) as exc:  # a run folder or input the stage cannot use
+                raise SystemExit("conseq: %s stage: %s" % (stage, exc)) from None
     return 0
