@@ -280,8 +280,9 @@ def generate_summaries(model, tokenizer, sources: Sequence[str], max_source_len:
 
 
 def sample_summaries(model, tokenizer, sources: Sequence[str], options: SamplingOptions, seed: int) -> List[List[str]]:
-    """num_samples top-k samples per source. The seed is set per call, so a resumed run that keeps
-    its batch size redraws exactly the samples it would have drawn."""
+    """num_samples top-k samples per source. The seed is set per call: with one source per call a
+    resumed or sharded run draws exactly what an uninterrupted one draws (with more, the draws
+    also depend on which documents share the batch)."""
     torch.manual_seed(seed)
     k = options.num_samples
     texts = generate_summaries(model, tokenizer, sources, options.max_source_len, do_sample=True,
