@@ -141,3 +141,9 @@ def qvq_pairs(qvq_preset):
         pairs = [dict(p, source=" ".join(p["source"].split()[:40]), summary=" ".join(p["summary"].split()[:12]))
                  for p in pairs]
     return [p["source"] for p in pairs], [p["summary"] for p in pairs]
+
+
+@pytest.fixture(scope="session")
+def qvq_results():
+    """What the comparisons measured, for the report test at the end of the module."""
+    return {}

@@ -147,6 +147,7 @@ class Pipelines:
     reference: Callable       # (sources, summaries) -> results
     infos: List[ModelInfo]
     settings: dict
+    spec: dict = field(default_factory=dict)   # how to rebuild each pipeline in a child process
 
 
 def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "torch", generation: dict = None,
@@ -173,8 +174,10 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
                 "quals_selection_max_pairs": engine.selection.max_pairs,
                 "quals_max_source_tokens": min(engine.rescoring.max_source_tokens,
                                                engine.qagen.spec.max_source_positions)}
+    spec = {"models": {k: str(v) for k, v in models.items()}, "threads": threads, "backend": backend,
+            "generation": generation, "qa_options": asdict(qa_options or QAOptions())}
     if not with_qags:
-        return Pipelines(engine, None, reference, infos, settings)
+        return Pipelines(engine, None, reference, infos, settings, spec)
     qg = QuestionGenerator(models["qg"])
     qg_note = "trained" if _trained(models["qg"]) else "untrained"
     if not _trained(models["qg"]):
@@ -190,7 +193,8 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
                   "trained" if _trained(models["qa"]) else "untrained"),
     ]
     settings.update({"qags_qg": asdict(qg.options), "qags_qa": asdict(qa.options), "qags_max_answers": qags.max_answers})
-    return Pipelines(engine, qags, reference, infos, settings)
+    spec["qg_options"] = asdict(qg.options)
+    return Pipelines(engine, qags, reference, infos, settings, spec)
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -206,43 +210,16 @@ def alternate(fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, Li
     return times
 
 
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every few ms (torch allocates outside
-    Python, so tracemalloc cannot see it)."""
-
-    def __init__(self, interval: float = 0.005):
-        import threading
-
-        self.interval, self._stop, self._threading = interval, None, threading
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self._stop = self._threading.Event()
-        self._thread = self._threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def delta_mb(self) -> float:
-        return (self.peak - self.base) / 2 ** 20
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def engine_stage_timer(timings: Dict[str, float]):
-    """Times the engine's stages by swapping timed wrappers in for the names QualsScorer calls."""
+@contextlib.contextmanager
+def engine_stage_timer(timings: Dict[str, float], engine=None):
+    """Times the engine's stages by swapping timed wrappers in for the names QualsScorer calls
+    (and, given the scorer, for its backend's model calls, to split generation into model time
+    and search time)."""
     from quals_fast import scorer
     from quals_fast.training.qg import swapped
 
@@ -256,7 +233,13 @@ def engine_stage_timer(timings: Dict[str, float]):
         return call
 
     stages = {"_generate": "generation", "select_qa_pairs": "selection", "rescore": "rescoring"}
-    return swapped(scorer, **{name: timed(getattr(scorer, name), stage) for name, stage in stages.items()})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(swapped(scorer, **{n: timed(getattr(scorer, n), s) for n, s in stages.items()}))
+        if engine is not None:
+            backend = engine.qagen.backend
+            stack.enter_context(swapped(backend, encode=timed(backend.encode, "generation: encoder"),
+                                        decoder_step=timed(backend.decoder_step, "generation: decoder steps")))
+        yield
 
 
 def _median(xs):
@@ -270,7 +253,7 @@ def compare_quals_qags(p: Pipelines, srcs, summs, rounds: int) -> dict:
     p.qags.timings.clear()
 
     def run_engine():
-        with engine_stage_timer(eng_stages):
+        with engine_stage_timer(eng_stages, p.engine):
             res = p.engine.score(srcs, summs, batch_size=len(srcs))
         kept.append(sum(len(r.pairs) for r in res) / len(res))
 
@@ -336,24 +319,54 @@ def sweep_batch_size(p: Pipelines, sizes: Sequence[int], data_dir=DATA_DIR) -> L
     rows = []
     for bs in sizes:
         s, m = [x["source"] for x in pairs[:bs]], [x["summary"] for x in pairs[:bs]]
-        with PeakRSS() as mem:
-            t = alternate({"e": lambda: p.engine.score(s, m, batch_size=bs)}, 1)["e"][0]
-        rows.append({"batch_size": bs, "quals_summaries_per_s": bs / t, "quals_peak_mb": mem.delta_mb})
+        t = alternate({"e": lambda: p.engine.score(s, m, batch_size=bs)}, 1)["e"][0]
+        rows.append({"batch_size": bs, "quals_summaries_per_s": bs / t})
     return rows
 
 
-def peak_memory(p: Pipelines, srcs, summs) -> Dict[str, float]:
-    """Resident memory one scoring call adds above the loaded models, per pipeline (MB)."""
-    fns = {"quals-fast": lambda: p.engine.score(srcs, summs, batch_size=len(srcs)),
-           "quals-reference": lambda: p.reference(srcs, summs)}
-    if p.qags is not None:
-        fns["qags"] = lambda: p.qags.score(srcs, summs)
-    mem = {}
-    for name, fn in fns.items():
-        with PeakRSS() as m:
-            fn()
-        mem[name] = m.delta_mb
-    return mem
+def peak_memory(p: Pipelines, srcs, summs) -> Dict[str, dict]:
+    """Per pipeline, in a fresh process that loads only that pipeline: resident memory once its
+    models are loaded and its peak while scoring (MB)."""
+    names = ["quals-fast", "quals-reference"] + (["qags"] if p.qags is not None else [])
+    out = {}
+    for name in names:
+        job = json.dumps({**p.spec, "pipeline": name, "sources": list(srcs), "summaries": list(summs)})
+        proc = subprocess.run([sys.executable, "-c", "from quals_fast.bench_cli import _memory_child; _memory_child()"],
+                              input=job, capture_output=True, text=True, timeout=1800)
+        if proc.returncode:
+            raise RuntimeError("memory probe for %s failed:\n%s" % (name, proc.stderr[-2000:]))
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _memory_child() -> None:
+    import resource
+
+    import torch
+
+    job = json.loads(sys.stdin.read())
+    torch.set_num_threads(job["threads"])
+    models, gen = job["models"], job["generation"]
+    if job["pipeline"] == "quals-fast":
+        from quals_fast import QualsScorer
+
+        engine = QualsScorer(models["quals"], backend=job["backend"], **gen)
+        run = lambda: engine.score(job["sources"], job["summaries"], batch_size=len(job["sources"]))  # noqa: E731
+    elif job["pipeline"] == "quals-reference":
+        from quals_fast.reference.quals_reference import load_reference_model, quals_reference
+
+        model, tok = load_reference_model(models["quals"])
+        run = lambda: quals_reference(None, job["sources"], job["summaries"], model=model, tokenizer=tok, **gen)  # noqa: E731
+    else:
+        from quals_fast.reference.qags import QAGS, ExtractiveQA, QAOptions, QGOptions, QuestionGenerator
+
+        qags = QAGS(qg=QuestionGenerator(models["qg"], options=QGOptions(**job["qg_options"])),
+                    qa=ExtractiveQA(models["qa"], options=QAOptions(**job["qa_options"])))
+        run = lambda: qags.score(job["sources"], job["summaries"])  # noqa: E731
+    loaded = _rss_mb()
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"loaded_mb": loaded, "peak_mb": peak}))
 
 
 def warm_up(p: Pipelines, data_dir=DATA_DIR) -> None:
@@ -574,14 +587,14 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
     lines += ["", "QUALS reads the source once per pair set (truncated to %s tokens); QAGS reads every window of "
               "it once per question." % settings.get("quals_max_source_tokens"), "",
               "![time vs source length](%s)" % plots[1] if len(plots) > 1 else "", "",
-              "## Throughput vs batch size (quals-fast)", "", "| batch | summaries/s | peak MB added |", "|---|---|---|"]
+              "## Throughput vs batch size (quals-fast)", "", "| batch | summaries/s |", "|---|---|"]
     for r in results["batch_size"]:
-        lines.append("| %d | %.3f | %.0f |" % (r["batch_size"], r["quals_summaries_per_s"], r["quals_peak_mb"]))
+        lines.append("| %d | %.3f |" % (r["batch_size"], r["quals_summaries_per_s"]))
     lines += ["", "![throughput vs batch size](%s)" % plots[0] if plots else "", "", "## Peak memory",
-              "", "Resident memory a scoring call adds above the loaded models (MB):", "",
-              "| pipeline | peak MB added |", "|---|---|"]
+              "", "Each pipeline alone in a fresh process, scoring %d summaries (resident MB):" % ev["n"], "",
+              "| pipeline | models loaded | peak while scoring |", "|---|---|---|"]
     for k, v in results["peak_memory_mb"].items():
-        lines.append("| %s | %.0f |" % (k, v))
+        lines.append("| %s | %.0f | %.0f |" % (k, v["loaded_mb"], v["peak_mb"]))
     corr = results.get("correlation")
     lines += ["", "## Agreement with human judgments (QAGS-CNNDM, QAGS-XSUM)", ""]
     if corr:
