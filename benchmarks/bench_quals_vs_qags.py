@@ -77,6 +77,7 @@ def test_report_is_written(qvq_pipelines, qvq_results, tmp_path):
     needed = {"quals_vs_qags", "engine_vs_reference", "source_length", "batch_size", "peak_memory_mb"}
     if not needed <= set(qvq_results):
         pytest.skip("an earlier comparison did not run")
+    pytest.importorskip("matplotlib", reason="the plots need the bench extra")
     results = dict(qvq_results, n_pairs=len(qvq_results["batch_size"]))
     plots = B.write_plots(results, tmp_path)
     B.write_report(results, qvq_pipelines.infos, qvq_pipelines.settings, B.machine_state(), "smoke", "pytest",

@@ -15,13 +15,15 @@ SUMMARIES = [
     "john smith won the match for the club .",
     "a storm in berlin killed ten people , the president said .",
 ]
-SETTINGS = dict(num_beams=12, num_groups=6, min_len=2, max_len=16)
+# Two beams per group, and one beam per group as QUALS runs it (60 in 60).
+SETTINGS = [dict(num_beams=12, num_groups=6, min_len=2, max_len=16),
+            dict(num_beams=16, num_groups=16, min_len=4, max_len=12)]
 
 
-@pytest.fixture(scope="module")
-def both(tiny_model_dir):
-    engine = QualsScorer(str(tiny_model_dir), **SETTINGS).score(SOURCES, SUMMARIES, batch_size=2)
-    reference = quals_reference(tiny_model_dir, SOURCES, SUMMARIES, batch_size=2, **SETTINGS)
+@pytest.fixture(scope="module", params=SETTINGS, ids=["2-per-group", "1-per-group"])
+def both(tiny_model_dir, request):
+    engine = QualsScorer(str(tiny_model_dir), **request.param).score(SOURCES, SUMMARIES, batch_size=2)
+    reference = quals_reference(tiny_model_dir, SOURCES, SUMMARIES, batch_size=2, **request.param)
     return engine, reference
 
 
