@@ -161,7 +161,10 @@ class Pipelines:
 
 
 def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "torch", generation: dict = None,
-                    data_dir=DATA_DIR, nlp=None, qa_options=None, with_qags: bool = True) -> Pipelines:
+                    data_dir=DATA_DIR, nlp=None, qa_options=None, with_qags: bool = True,
+                    engine_dir=None) -> Pipelines:
+    """`engine_dir`: the folder quals-fast loads with `backend` (an ONNX export of models["quals"]
+    for the onnx backend); the QUALS reference always runs models["quals"] with transformers."""
     import torch
 
     from quals_fast import QualsScorer
@@ -170,7 +173,8 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
 
     torch.set_num_threads(threads)
     generation = dict(generation or {})
-    engine = QualsScorer(str(models["quals"]), backend=backend, **generation)
+    engine_dir = str(engine_dir or models["quals"])
+    engine = QualsScorer(engine_dir, backend=backend, backend_options={"threads": threads}, **generation)
     ref_model, ref_tok = load_reference_model(models["quals"])
 
     def reference(sources, summaries, timings=None):
@@ -180,11 +184,13 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
     quals_note = _state(models["quals"])
     infos = [ModelInfo("QUALS QAGen (quals-fast and QUALS reference)", str(models["quals"]), _param_count(ref_model),
                        _trained(models["quals"]), quals_note)]
-    settings = {"threads": threads, "backend": backend, "quals_generation": asdict(engine.generation),
+    settings = {"threads": threads, "backend": backend, "engine_model": engine_dir,
+                "quals_generation": asdict(engine.generation),
                 "quals_selection_max_pairs": engine.selection.max_pairs,
                 "quals_max_source_tokens": min(engine.rescoring.max_source_tokens,
                                                engine.qagen.spec.max_source_positions)}
-    spec = {"models": {k: str(v) for k, v in models.items()}, "threads": threads, "backend": backend,
+    spec = {"models": {k: str(v) for k, v in models.items()}, "engine_dir": engine_dir, "threads": threads,
+            "backend": backend,
             "generation": generation, "qa_options": asdict(qa_options or QAOptions())}
     if not with_qags:
         return Pipelines(engine, None, reference, infos, settings, spec)
@@ -360,7 +366,8 @@ def _memory_child() -> None:
     if job["pipeline"] == "quals-fast":
         from quals_fast import QualsScorer
 
-        engine = QualsScorer(models["quals"], backend=job["backend"], **gen)
+        engine = QualsScorer(job["engine_dir"], backend=job["backend"], backend_options={"threads": job["threads"]},
+                             **gen)
         run = lambda: engine.score(job["sources"], job["summaries"], batch_size=len(job["sources"]))  # noqa: E731
     elif job["pipeline"] == "quals-reference":
         from quals_fast.reference.quals_reference import load_reference_model, quals_reference
@@ -650,7 +657,8 @@ def register_cli(subparsers):
     p.add_argument("--cache-dir", default=str(REPO / "runs" / "bench-models"), help="where warm starts are built")
     p.add_argument("--data-dir", default=str(DATA_DIR))
     p.add_argument("--threads", type=int, default=1, help="torch threads for every pipeline")
-    p.add_argument("--backend", default="torch", help="quals-fast backend")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="quals-fast backend")
+    p.add_argument("--int8", action="store_true", help="with --backend onnx: the int8-quantised export")
     p.add_argument("--correlation", type=int, default=None, metavar="N",
                    help="also measure agreement with human judgments on N QAGS summaries per dataset (0 = all)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
@@ -670,7 +678,15 @@ def _run_cli(args) -> int:
     preset = PRESETS[args.preset]
     log = lambda msg: print("[bench] " + msg, file=sys.stderr, flush=True)  # noqa: E731
     models = prepare_models(Path(args.cache_dir), args.quals_model, args.qg_model, args.qa_model)
-    pipes = build_pipelines(models, threads=args.threads, backend=args.backend, data_dir=args.data_dir)
+    engine_dir = None
+    if args.backend == "onnx":
+        from quals_fast.export import export_onnx
+
+        engine_dir = Path(args.cache_dir) / ("onnx-int8" if args.int8 else "onnx") / Path(models["quals"]).name
+        if not (engine_dir / "config.json").is_file():
+            export_onnx(models["quals"], engine_dir, int8=args.int8, log=log)
+    pipes = build_pipelines(models, threads=args.threads, backend=args.backend, data_dir=args.data_dir,
+                            engine_dir=engine_dir)
     results = run_suite(pipes, preset, args.data_dir, log)
     n_corr = args.correlation if args.correlation is not None else preset.correlation
     if args.correlation is not None or n_corr:
