@@ -523,6 +523,39 @@ def write_plots(results: dict, out_dir: Path) -> List[str]:
     return names
 
 
+def where_time_goes(results: dict, settings: dict) -> List[str]:
+    """The work each pipeline asks of its models, per summary, next to the measured stage shares."""
+    gen, qg = settings["quals_generation"], settings.get("qags_qg", {})
+    prof = results["profile"]
+    q_total = sum(v for k, v in prof["quals-fast"].items() if ":" not in k) or float("nan")
+    a_total = sum(prof.get("qags", {}).values()) or float("nan")
+    q_rows = gen["num_beams"] * gen["max_len"]
+    a_rows = settings.get("qags_max_answers", 10) * qg.get("num_beams", 10) * max(1, qg.get("max_question_len", 1) - 1)
+    out = ["### Where the time goes", "",
+           "- quals-fast: generation takes %.0f%% of its time (model forward %.0f%%, the rest is the C++ search "
+           "and bookkeeping); QUALS decodes %d beams for up to %d steps, i.e. up to %d decoder rows per summary, "
+           "each ending in a projection onto the whole vocabulary." % (
+               100 * prof["quals-fast"].get("generation", 0) / q_total,
+               100 * prof["quals-fast"].get("generation: decoder steps", 0) / q_total,
+               gen["num_beams"], gen["max_len"], q_rows)]
+    if "qags" in prof:
+        out.append(
+            "- QAGS: question generation %.0f%%, QA on the summary %.0f%%, QA on the source %.0f%%, answer "
+            "extraction %.0f%%; it decodes up to %d answers x %d beams x ~%d steps = ~%d decoder rows per summary "
+            "(%.1fx fewer than QUALS), then runs the QA encoder over every source window once per question." % (
+                100 * prof["qags"].get("question_generation", 0) / a_total,
+                100 * prof["qags"].get("qa_summary", 0) / a_total, 100 * prof["qags"].get("qa_source", 0) / a_total,
+                100 * prof["qags"].get("answers", 0) / a_total, settings.get("qags_max_answers", 10),
+                qg.get("num_beams", 10), max(1, qg.get("max_question_len", 1) - 1), a_rows, q_rows / a_rows))
+        if results["quals_vs_qags"]["ratio"] < 55:
+            out.append(
+                "- So at equal model scale the two pipelines ask for work of the same order: QUALS saves the QA "
+                "model and the per-question source passes but pays for a %d-beam search. A ratio like 55x needs "
+                "QAGS's models to be far larger than QUALS's (the original QAGS chained a BART-large generator and "
+                "a BERT-large QA model) or QUALS to decode far fewer rows." % gen["num_beams"])
+    return out
+
+
 def _fmt(x, digits=3):
     return "n/a" if x is None else ("%.*f" % (digits, x))
 
@@ -598,6 +631,7 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
     for pipe, stages in results["profile"].items():
         for stage, sec in stages.items():
             lines.append("| %s | %s | %.3f |" % (pipe, stage, sec))
+    lines += [""] + where_time_goes(results, settings)
     lines += ["", "## Time vs source length (one summary)", "",
               "| source words | source tokens | quals-fast s | QAGS s | ratio |", "|---|---|---|---|---|"]
     for r in results["source_length"]:
