@@ -168,6 +168,39 @@ def _versions():
     return out
 
 
+def _share_tied_embedding(path: Path):
+    """The exporter stores a tied output projection as a folded transposed copy of the token
+    embedding (MatMul wants (d_model, vocab)), so the matrix would be held twice (+154 MB for
+    BART-base). Make the token lookup read the transposed copy instead: Gather along axis 1, then
+    move d_model last. No-op when the projection is not tied."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    matmul_b = {n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    for node in list(graph.node):
+        if node.op_type != "Gather" or node.input[0] not in inits or len(inits[node.input[0]].dims) != 2:
+            continue
+        table = numpy_helper.to_array(inits[node.input[0]])
+        twin = next((b for b in matmul_b if list(inits[b].dims) == [table.shape[1], table.shape[0]]
+                     and np.array_equal(numpy_helper.to_array(inits[b]), table.T)), None)
+        if twin is None:
+            continue
+        # Token ids are (rows, length) in both graphs: (d, rows, length) -> (rows, length, d).
+        picked = node.output[0] + "_by_column"
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(at, helper.make_node("Transpose", [picked], list(node.output), perm=[1, 2, 0]))
+        graph.node.insert(at, helper.make_node("Gather", [twin, node.input[1]], [picked], axis=1))
+        if not any(node.input[0] in n.input for n in graph.node):
+            graph.initializer.remove(inits[node.input[0]])
+        onnx.save(model, str(path))
+        return True
+    return False
+
+
 def _quantize_int8(path: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -225,6 +258,8 @@ def export_onnx(model_dir, out_dir, opset=DEFAULT_OPSET, int8=False, fp16=False,
         _export(enc, enc_args, out / GRAPHS["encoder"], names["encoder_in"], names["encoder_out"], dyn_enc, opset)
         _export(dec, dec_args, out / GRAPHS["decoder"], names["decoder_in"], names["decoder_out"], dyn_dec, opset)
         _export(score, score_args, out / GRAPHS["score"], names["score_in"], names["score_out"], dyn_score, opset)
+    for g in ("decoder", "score"):
+        _share_tied_embedding(out / GRAPHS[g])
     if int8:
         for g in GRAPHS.values():
             _quantize_int8(out / g)

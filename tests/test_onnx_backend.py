@@ -139,6 +139,18 @@ def test_int8_export_runs_and_stays_close(tiny_model_dir, tiny_int8):
     assert np.isfinite(err) and mean_err < 0.5
 
 
+def test_fp16_export_is_validated_on_cpu(tiny_model_dir, tmp_path):
+    # fp16 targets GPU providers; the CPU provider still runs it (with casts), which is enough to
+    # check the conversion: caches in float16, log-probs kept in float32.
+    manifest = export_onnx(tiny_model_dir, tmp_path / "fp16", fp16=True, log=lambda *a: None)
+    assert manifest["dtype"] == "float16" and manifest["validation"]["ran"]
+    assert manifest["validation"]["max_abs_diff"] < 0.1
+    backend = OnnxBackend(tmp_path / "fp16", **ONE_THREAD)
+    assert backend.cache_dtype == np.float16
+    state = backend.encode([[5, 6, 2]], num_beams=2)
+    assert backend.decoder_step(state, np.array([2, 2]), None).dtype == np.float32
+
+
 def test_missing_provider_is_a_clear_error(oracle_export):
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" in available:

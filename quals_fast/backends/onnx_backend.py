@@ -96,6 +96,7 @@ class _DecodeState:
     source_mask: np.ndarray   # (inputs, src_len) bool, True = attend
     cross: list               # OrtValues, io["encoder_out"] order, each (inputs, heads, src_len, head_dim)
     past: list                # OrtValues, past keys then values, each (rows, heads, step, head_dim)
+    past_is_per_input: bool = False  # the cache holds one row per input, not per beam (after step 0)
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad_id: int, width: Optional[int] = None) -> np.ndarray:
@@ -175,18 +176,30 @@ class OnnxBackend:
         K = state.num_beams
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         if source_rows is None:
-            beam_idx = np.arange(len(tokens), dtype=np.int64)
-        else:
-            beam_idx = np.ascontiguousarray(source_rows, dtype=np.int64)
-            inputs_kept = beam_idx[::K] // K
-            if len(inputs_kept) != state.source_mask.shape[0]:
-                # Rare (an input has finished): the per-input keys/values go through the host once.
-                state.source_mask = state.source_mask[inputs_kept]
-                state.cross = [self._ortvalue(np.take(v.numpy(), inputs_kept, axis=0)) for v in state.cross]
+            per_input = tokens.reshape(-1, K)
+            if K > 1 and np.all(per_input == per_input[:, :1]):
+                # At the first step an input's beams are one and the same row: compute it once and
+                # let the next step's gather (source_rows // K) fan the cache out to the beams.
+                state.past_is_per_input = True
+                return np.repeat(self._step(state, per_input[:, 0], np.arange(len(per_input))), K, axis=0)
+            return self._step(state, tokens, np.arange(len(tokens), dtype=np.int64))
+        beam_idx = np.ascontiguousarray(source_rows, dtype=np.int64)
+        inputs_kept = beam_idx[::K] // K
+        if len(inputs_kept) != state.source_mask.shape[0]:
+            # Rare (an input has finished): the per-input keys/values go through the host once.
+            state.source_mask = state.source_mask[inputs_kept]
+            state.cross = [self._ortvalue(np.take(v.numpy(), inputs_kept, axis=0)) for v in state.cross]
+        if state.past_is_per_input:
+            beam_idx = beam_idx // K
+            state.past_is_per_input = False
+        return self._step(state, tokens, beam_idx)
+
+    def _step(self, state, tokens, beam_idx):
         lprobs = np.empty((len(tokens), self.spec.vocab_size), dtype=np.float32)
         past_names = self.io["decoder_in"][-2 * self.num_layers:]
         state.past = self._run(
-            "decoder", {"tokens": tokens, "beam_idx": beam_idx, "source_mask": state.source_mask},
+            "decoder", {"tokens": tokens, "beam_idx": np.ascontiguousarray(beam_idx, dtype=np.int64),
+                        "source_mask": state.source_mask},
             list(zip(self.io["encoder_out"], state.cross)) + list(zip(past_names, state.past)),
             {"lprobs": lprobs}, self.io["decoder_out"][1:])
         return lprobs
