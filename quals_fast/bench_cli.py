@@ -623,7 +623,7 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
         json.dumps(settings, indent=1),
         "```",
         "",
-        "## Per-stage profile (seconds per summary)",
+        "## Per-stage profile (seconds per summary; a row named `stage: part` is a part of that stage)",
         "",
         "| pipeline | stage | s / summary |",
         "|---|---|---|",
