@@ -7,6 +7,8 @@ import sys
 # Modules that contribute a sub-command, in the order `--help` lists them.
 COMMAND_MODULES = (
     "quals_fast.score_cli",
+    "quals_fast.evaluation",
+    "quals_fast.serve",
     "quals_fast.training.qagen",
     "quals_fast.training.qg",
     "quals_fast.training.qa",
