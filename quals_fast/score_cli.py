@@ -61,6 +61,9 @@ def register_cli(subparsers):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_stage_flags(p)
+    from quals_fast.distributed import add_cli_flags
+
+    add_cli_flags(p)
     p.set_defaults(func=run)
     return p
 
@@ -116,6 +119,10 @@ def run(args):
     if os.path.exists(args.output) and not (args.resume or args.overwrite):
         raise SystemExit("quals-fast score: %s exists; pass --resume to continue it or --overwrite to replace it"
                          % args.output)
+    if getattr(args, "ray", False):
+        from quals_fast.distributed import run_cli
+
+        return run_cli(args, stage_options_from_args(args))
     items = read_inputs(args)
     skip = completed_lines(args.output) if args.resume else 0
     if skip > len(items):
