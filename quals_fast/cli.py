@@ -19,7 +19,7 @@ COMMAND_MODULES = (
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="quals-fast", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="quals-fast", description="Fast, exact QUALS factual-consistency scoring.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
