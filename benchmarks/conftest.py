@@ -1,5 +1,6 @@
-"""Benchmark plumbing: collect bench_*.py (the default `pytest` run only looks in tests/), keep
-built models between runs, and print the backends' speed ratios at the end of a run."""
+"""Benchmark plumbing: keep built models between runs, measure resident memory, and print the
+backends' speed ratios at the end of a run. (bench_*.py files are collected through pyproject's
+python_files; the default `pytest` run only looks in tests/.)"""
 import os
 import threading
 import time
@@ -10,13 +11,6 @@ import pytest
 
 # group -> backend -> {"min": seconds, "mean": seconds, "per_call": items per call, "peak_mb": MB}
 RESULTS = defaultdict(dict)
-
-
-def pytest_collect_file(file_path, parent):
-    # Paths named on the command line are already collected by pytest itself.
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
-        return pytest.Module.from_parent(parent, path=file_path)
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +67,9 @@ def pytest_terminal_summary(terminalreporter):
         base = by_backend.get("torch")
         for backend, r in sorted(by_backend.items(), key=lambda kv: kv[1]["min"]):
             ratio = "%.2fx" % (base["min"] / r["min"]) if base else "n/a"
-            tr.write_line("%-28s %-10s min %8.3fs  %7.2f %s/s  speed-up vs torch %6s  peak +%.0f MB" % (
-                group, backend, r["min"], r["per_call"] / r["min"], r["unit"], ratio, r["peak_mb"]))
+            tr.write_line("%-30s %-10s min %8.3fs  %8.2f %s/s  speed-up vs torch %6s  footprint %5.0f MB  "
+                          "warm call +%.0f MB" % (group, backend, r["min"], r["per_call"] / r["min"], r["unit"], ratio,
+                                                  r["load_mb"], r["peak_mb"]))
 
 
 @pytest.fixture(scope="session")
