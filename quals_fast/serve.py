@@ -153,7 +153,7 @@ def create_app(scorer=None, model=None, backend="torch", device="cpu", max_batch
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from pydantic import BaseModel, Field, field_validator
 
-    from quals_fast.scorer import InputError, QualsScorer, validate_pair
+    from quals_fast.scorer import QualsScorer
 
     if max_batch_size < 1 or max_wait_ms < 0 or max_items < 1 or max_text_chars < 1:
         raise ValueError("max_batch_size, max_items and max_text_chars must be >= 1 and max_wait_ms >= 0")
@@ -174,7 +174,7 @@ def create_app(scorer=None, model=None, backend="torch", device="cpu", max_batch
 
         @field_validator("source", "summary")
         @classmethod
-        def not_blank(cls, value):
+        def not_blank(cls, value):  # QualsScorer's rule (validate_pair), as a 422 instead of an error result
             if not value.strip():
                 raise ValueError("is empty or whitespace only")
             return value
@@ -246,13 +246,9 @@ def create_app(scorer=None, model=None, backend="torch", device="cpu", max_batch
               summary="QUALS for one item or a list of items")
     async def score(body: Union[ScoreBatch, ScoreItem]):
         items = body.items if isinstance(body, ScoreBatch) else [body]
-        for it in items:
-            validate_pair(it.source, it.summary)  # the scorer's own rules, in case they are stricter
         start = time.monotonic()
         try:
             results = await batcher.submit([it.source for it in items], [it.summary for it in items])
-        except InputError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"detail": "%s: %s" % (type(exc).__name__, exc)}, status_code=503)
         finally:

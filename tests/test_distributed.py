@@ -9,10 +9,8 @@ pytest.importorskip("ray.data")
 from quals_fast import QualsScorer  # noqa: E402
 from quals_fast.cli import main  # noqa: E402
 from quals_fast.distributed import ROW_INDEX, iter_scored_rows, score_dataset  # noqa: E402
+from test_scorer import SOURCES, SUMMARIES  # noqa: E402  (the texts the tiny model was made for)
 
-SOURCES = ["the police said john smith was arrested in paris on monday", "mary won the game in london",
-           "the storm killed ten people in the city"]
-SUMMARIES = ["john smith was arrested in paris", "mary lost the match in berlin", "the storm killed two people"]
 OPTIONS = dict(max_len=16)
 
 
@@ -43,31 +41,25 @@ def assert_matches(row, expected):
         [(p.question, p.answer, p.tokens) for p in expected.pairs]
 
 
-def test_rows_come_back_in_order_with_failures_in_place(local_ray, tiny_model_dir, direct):
-    items = rows(7)
-    items[2]["summary"] = "   "
-    items[5]["source"] = None
-    out = list(iter_scored_rows(score_dataset(ray.data.from_items(items), model=tiny_model_dir, batch_size=3,
-                                              **OPTIONS)))
-    assert [r["id"] for r in out] == [it["id"] for it in items]
-    assert [r[ROW_INDEX] for r in out] == list(range(7))
-    assert out[2]["error"] == "summary is empty or whitespace only" and out[2]["score"] is None
-    assert out[5]["error"] == "source must be a string, got NoneType"
-    for i in (0, 1, 3, 4, 6):
-        assert_matches(out[i], direct[(SOURCES[i % 3], SUMMARIES[i % 3])])
-
-
-def test_a_killed_worker_is_replaced_and_its_rows_retried(local_ray, tiny_model_dir, direct, tmp_path):
+def test_rows_come_back_once_in_order_failures_in_place_despite_a_killed_worker(local_ray, tiny_model_dir, direct,
+                                                                                tmp_path):
+    # one test, since every Ray Data run pays for its actors importing torch
     marker = tmp_path / "died"
     items = rows(8)
+    items[2]["summary"] = "   "
+    items[5]["source"] = None
     # half a CPU each: two workers on this 2-CPU Ray leave room for the reading tasks
     ds = score_dataset(ray.data.from_items(items), model=tiny_model_dir, num_workers=2, cpus_per_worker=0.5,
                        batch_size=2, runtime_env={"env_vars": {"QUALS_FAST_TEST_DIE_ONCE": str(marker)}}, **OPTIONS)
     out = list(iter_scored_rows(ds))
-    assert marker.exists(), "no worker died: the test did not test anything"
+    assert marker.exists(), "no worker died: the retry path was not exercised"
     assert [r["id"] for r in out] == [it["id"] for it in items]  # every row exactly once, in order
-    for it, r in zip(items, out):
-        assert_matches(r, direct[(it["source"], it["summary"])])
+    assert [r[ROW_INDEX] for r in out] == list(range(8))
+    assert out[2]["error"] == "summary is empty or whitespace only" and out[2]["score"] is None
+    assert out[5]["error"] == "source must be a string, got NoneType" and out[5]["score"] is None
+    for i, (it, r) in enumerate(zip(items, out)):
+        if i not in (2, 5):
+            assert_matches(r, direct[(it["source"], it["summary"])])
 
 
 def test_unknown_option_fails_before_any_actor_starts(local_ray, tiny_model_dir):
@@ -112,6 +104,3 @@ def test_parquet_input_is_numbered_by_row(local_ray, tmp_path):
     assert [(r[ROW_INDEX], json.loads(r["id_json"]), r["source"], r["summary"]) for r in got] == \
         [(i, 10 + i, s, m) for i, (s, m) in enumerate(zip(SOURCES, SUMMARIES))]
     assert not any(isinstance(r["error"], str) for r in got)
-    pq.write_table(pa.table({"source": SOURCES}), tmp_path / "bad.parquet")
-    got = read_input_dataset(str(tmp_path / "bad.parquet")).take_all()
-    assert [r["error"] for r in got] == ["missing field(s): summary"] * 3

@@ -15,10 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from quals_fast import QualsScorer  # noqa: E402
 from quals_fast.serve import create_app  # noqa: E402
-
-SOURCES = ["the police said john smith was arrested in paris on monday", "mary won the game in london",
-           "the storm killed ten people in the city"]
-SUMMARIES = ["john smith was arrested in paris", "mary lost the match in berlin", "the storm killed two people"]
+from test_scorer import SOURCES, SUMMARIES  # noqa: E402  (the texts the tiny model was made for)
 
 
 @pytest.fixture(scope="module")
