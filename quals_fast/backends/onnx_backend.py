@@ -147,8 +147,10 @@ class OnnxBackend:
         device_outputs: names left where the provider computed them, returned as OrtValues."""
         session = self._sessions[name]
         binding = session.io_binding()
+        # Held until the run is over: the binding may read the arrays' memory in place.
+        host_inputs = {n: np.ascontiguousarray(a) for n, a in host_inputs.items()}
         for n, array in host_inputs.items():
-            binding.bind_cpu_input(n, np.ascontiguousarray(array))
+            binding.bind_cpu_input(n, array)
         for n, value in device_inputs:
             binding.bind_ortvalue_input(n, value)
         for n, array in host_outputs.items():
