@@ -149,3 +149,59 @@ def test_rescore(benchmark, model_for, bench_results, peak_rss, size, backend):
     scores, first_mb, peak_mb = _timed(benchmark, peak_rss, model.score_ids, (source, targets), {}, ROUNDS * 3)
     assert len(scores) == N_TARGETS
     _record(benchmark, bench_results, group, (size, backend), N_TARGETS, "targets", first_mb, peak_mb)
+
+
+# ------------------------------------------------------------------ end to end, default model
+E2E_PAIRS = 2 if SMOKE else int(os.environ.get("QUALS_BENCH_E2E_PAIRS", "8"))
+NEWS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "news")
+_scorers = {}
+
+
+def _default_model():
+    """$QUALS_BENCH_DEFAULT_MODEL (any QAGen folder with a tokenizer), else the embedded default."""
+    from quals_fast.checkpoint import default_model_dir
+
+    path = os.environ.get("QUALS_BENCH_DEFAULT_MODEL") or default_model_dir()
+    if not os.path.isfile(os.path.join(str(path), "config.json")):
+        pytest.skip("no default model installed; set QUALS_BENCH_DEFAULT_MODEL to a QAGen folder")
+    return path
+
+
+def _news_pairs(n):
+    import json
+
+    if not os.path.isdir(NEWS):
+        pytest.skip("../shared/data/news is not beside this checkout")
+    pairs = []
+    for name in ("xsum_1000.jsonl", "cnndm_1000.jsonl"):
+        with open(os.path.join(NEWS, name), encoding="utf-8") as f:
+            pairs += [json.loads(line) for _, line in zip(range((n + 1) // 2), f)]
+    return [p["source"] for p in pairs[:n]], [p["summary"] for p in pairs[:n]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_end_to_end(benchmark, bench_cache, bench_results, peak_rss, backend):
+    from quals_fast import QualsScorer
+    from quals_fast.export import _file_hash
+
+    src = _default_model()
+    sources, summaries = _news_pairs(E2E_PAIRS)
+    if backend not in _scorers:
+        path = src
+        if backend != "torch":
+            pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'quals-fast[onnx]')")
+            weights = os.path.join(str(src), "model.safetensors")
+            tag = _file_hash(weights)[:12] if os.path.isfile(weights) else "x"
+            path = _export_dir("default-" + tag, src, bench_cache, backend.endswith("int8"))
+        with peak_rss() as mem:
+            _scorers[backend] = QualsScorer(path, backend="torch" if backend == "torch" else "onnx",
+                                            backend_options={"threads": THREADS}, **({"max_len": 8} if SMOKE else {}))
+        load_mb[("default", backend)] = mem.delta_mb
+    scorer = _scorers[backend]
+    group = "end-to-end default model, %d news pairs (threads %d)" % (E2E_PAIRS, THREADS)
+    benchmark.group = group
+    results, first_mb, peak_mb = _timed(benchmark, peak_rss, scorer.score, (sources, summaries), {"batch_size": 8},
+                                        ROUNDS)
+    assert len(results) == E2E_PAIRS
+    benchmark.extra_info["pairs_kept"] = sum(len(r.pairs) for r in results)
+    _record(benchmark, bench_results, group, ("default", backend), E2E_PAIRS, "summaries", first_mb, peak_mb)
