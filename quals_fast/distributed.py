@@ -186,6 +186,8 @@ def add_cli_flags(parser):
     g.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     g.add_argument("--num-workers", type=int, default=1, help="scoring actors, each loading the model once")
     g.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs reserved per actor (default: 0)")
+    g.add_argument("--cpus-per-worker", type=float, default=1,
+                   help="CPUs reserved per actor, also its torch threads (default: 1)")
 
 
 def _parse_jsonl_batch(batch):
@@ -266,12 +268,19 @@ def run_cli(args, stage_options):
     """The body of `quals-fast score --ray`; writes the same records as the one-process path."""
     import sys
 
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("quals-fast score --ray needs the ray extra: pip install 'quals-fast[ray]'") from None
     if not args.input:
         raise SystemExit("quals-fast score --ray: give --input FILE.jsonl or FILE.parquet")
     if not ray.is_initialized():
         ray.init(address=args.address, log_to_driver=False)
+    reserved = args.num_workers * args.cpus_per_worker
+    if ray.cluster_resources().get("CPU", 0) < reserved + 1:
+        print("quals-fast score --ray: the cluster has %g CPUs and the workers reserve %g; without one more the "
+              "input readers may wait forever (lower --cpus-per-worker)" % (ray.cluster_resources().get("CPU", 0),
+                                                                           reserved), file=sys.stderr)
     start, total, failed = _resume_point(args.output) if args.resume else (0, 0, 0)
     ds = read_input_dataset(args.input)
     if start:
@@ -280,6 +289,7 @@ def run_cli(args, stage_options):
         ds = ds.filter(expr=col(ROW_INDEX) >= start)
     scored = score_dataset(ds, model=args.model, backend=args.backend, device=args.device,
                            num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+                           cpus_per_worker=args.cpus_per_worker,
                            batch_size=args.batch_size, **stage_options)
     with open(args.output, "a" if args.resume else "w", encoding="utf-8") as out:
         for row in iter_scored_rows(scored, start):

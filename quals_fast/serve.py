@@ -3,9 +3,8 @@
 POST /score takes one item {"source", "summary"} or {"items": [...]}; requests that arrive
 together are scored as one batch (at most --max-batch-size items, a lone request waiting at most
 --max-wait-ms), on one worker thread, so the event loop keeps accepting requests meanwhile.
-GET /health, GET /metrics (Prometheus). Install with `pip install quals-fast[serve]`.
-
-Only the stdlib is imported at module level: `quals-fast --help` must work without the extra."""
+GET /health, GET /metrics (Prometheus). Install with `pip install quals-fast[serve]`."""
+# Only the stdlib at module level: `quals-fast --help` must work without the serve extra.
 import argparse
 import asyncio
 import concurrent.futures
@@ -53,9 +52,10 @@ class Metrics:
 class Batcher:
     """Collects queued requests into batches and scores them on a single worker thread.
 
-    A batch starts with the oldest queued request and closes when it holds max_batch_size items
-    or when that request has waited max_wait_ms, whichever comes first; while the model is busy,
-    new requests queue up and form the next batch, so batches grow with load by themselves."""
+    A batch starts with the oldest queued request and closes when it holds max_batch_size items or
+    max_wait_ms after that request arrived or the model became free, whichever is later: a lone
+    request waits at most max_wait_ms, and under load the clients just answered get max_wait_ms to
+    send their next request into the coming batch instead of trailing one batch behind."""
 
     def __init__(self, scorer, max_batch_size: int, max_wait_ms: float, metrics: Metrics):
         self.scorer = scorer
@@ -64,6 +64,7 @@ class Batcher:
         self.metrics = metrics
         self.queue: asyncio.Queue = None
         self._carry = None
+        self._model_free_since = 0.0
         self._task = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="quals-score")
 
@@ -100,7 +101,8 @@ class Batcher:
         batch, size = [first], len(first.sources)
         while size < self.max_batch_size:
             try:
-                item = await self._next(first.enqueued + self.max_wait - time.monotonic())
+                opened = max(first.enqueued, self._model_free_since)
+                item = await self._next(opened + self.max_wait - time.monotonic())
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
             if size + len(item.sources) > self.max_batch_size:
@@ -139,6 +141,7 @@ class Batcher:
                     if not p.future.done():  # a client that went away cancels its future
                         p.future.set_result(results[offset: offset + len(p.sources)])
                     offset += len(p.sources)
+            self._model_free_since = time.monotonic()
             for _ in batch:
                 self.queue.task_done()
 
@@ -227,6 +230,7 @@ def create_app(scorer=None, model=None, backend="torch", device="cpu", max_batch
 
     app = FastAPI(title="quals-fast", version=_version(), lifespan=lifespan,
                   description="QUALS factual-consistency scores for (source, summary) pairs.")
+    known_paths = {"/score", "/health", "/metrics", "/openapi.json", "/docs"}
     app.state.batcher = batcher
     app.state.metrics = metrics
 
@@ -237,7 +241,8 @@ def create_app(scorer=None, model=None, backend="torch", device="cpu", max_batch
             response = JSONResponse({"detail": "request body over %d bytes" % max_body_bytes}, status_code=413)
         else:
             response = await call_next(request)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        path = request.url.path if request.url.path in known_paths else "other"  # bounded label values
+        metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
     @app.post("/score", response_model=ScoreResponse,
