@@ -5,6 +5,7 @@
 
 #include <limits>
 #include <memory>
+#include <stdexcept>
 
 #include "bindings/array_checks.h"
 #include "bindings/registry.h"
@@ -34,6 +35,7 @@ public:
     PyDiverseBeamSearch(int64_t batch, const SearchConfig& cfg) : cfg_(cfg), book_(cfg, batch) {}
 
     py::tuple step(const py::array& lprobs) {
+        if (book_.done()) throw std::logic_error("search already finished: every input is done");
         const int64_t rows = book_.num_active() * cfg_.num_beams;
         const int64_t stride = check_rows<float>(lprobs, "lprobs", 2);
         if (lprobs.shape(0) != rows || lprobs.shape(1) != cfg_.vocab_size)
