@@ -117,7 +117,7 @@ def with_row_index(ds):
     Ray 2.60 marks Dataset.zip deprecated (removal planned for 2.64), hence the pin to 2.60.*: it
     is that version's one way to number rows globally without a shuffle. zip pairs rows by
     position, which holds only with preserve_order, set here on both sides."""
-    import ray
+    import ray.data
 
     ds.context.execution_options.preserve_order = True
     schema = ds.schema(fetch_if_missing=False)  # fetching would run the whole pipeline once more
@@ -231,7 +231,7 @@ def _type_error(rec):
 def read_input_dataset(path: str):
     """JSONL (one record a line, numbered like the file) or Parquet (numbered by row) -> a Dataset
     with ROW_INDEX, source, summary, id_json, error, blank."""
-    import ray
+    import ray.data
 
     if path.endswith(".parquet") or os.path.isdir(path):
         ds = with_row_index(ray.data.read_parquet(path))
@@ -270,12 +270,15 @@ def run_cli(args, stage_options):
 
     try:
         import ray
+        import ray.data
     except ImportError:
         raise SystemExit("quals-fast score --ray needs the ray extra: pip install 'quals-fast[ray]'") from None
     if not args.input:
         raise SystemExit("quals-fast score --ray: give --input FILE.jsonl or FILE.parquet")
     if not ray.is_initialized():
         ray.init(address=args.address, log_to_driver=False)
+    if args.no_progress:
+        ray.data.DataContext.get_current().enable_progress_bars = False
     reserved = args.num_workers * args.cpus_per_worker
     if ray.cluster_resources().get("CPU", 0) < reserved + 1:
         print("quals-fast score --ray: the cluster has %g CPUs and the workers reserve %g; without one more the "
