@@ -106,14 +106,28 @@ def test_warmstart_config_and_weights(warm):
     assert model.model.decoder.embed_tokens.weight.data_ptr() == shared.data_ptr()
     assert torch.allclose(shared[sep], shared[:sep].mean(0), atol=1e-6)
     assert torch.count_nonzero(model.final_logits_bias) == 0
+    assert cfg.qagen_warmstart["cross_attention_init"] == "self"
     for layer in model.model.decoder.layers:
-        assert torch.equal(layer.encoder_attn_layer_norm.weight, torch.ones(384))
-        assert 0.015 < float(layer.encoder_attn.q_proj.weight.detach().std()) < 0.025
+        assert torch.equal(layer.encoder_attn.k_proj.weight, layer.self_attn.k_proj.weight)
+        assert torch.equal(layer.encoder_attn_layer_norm.weight, layer.self_attn_layer_norm.weight)
+        # A copy, not a shared tensor: the two attentions must train independently.
+        assert layer.encoder_attn.k_proj.weight.data_ptr() != layer.self_attn.k_proj.weight.data_ptr()
     for p in model.parameters():
         assert torch.isfinite(p).all()
     assert warmstart.default_decoder_source_layers(3, 6) == [0, 3, 5]
     assert warmstart.default_decoder_source_layers(2, 6) == [0, 5]
     assert warmstart.default_decoder_source_layers(6, 6) == list(range(6))
+
+
+def test_fresh_cross_attention_option():
+    model, _ = warmstart.build_warmstart_model(_minilm_dir(), decoder_layers=1, seed=0, cross_attention_init="normal")
+    again, _ = warmstart.build_warmstart_model(_minilm_dir(), decoder_layers=1, seed=0, cross_attention_init="normal")
+    layer = model.model.decoder.layers[0]
+    assert torch.equal(layer.encoder_attn_layer_norm.weight, torch.ones(384))
+    assert 0.015 < float(layer.encoder_attn.q_proj.weight.detach().std()) < 0.025
+    assert torch.equal(layer.encoder_attn.q_proj.weight, again.model.decoder.layers[0].encoder_attn.q_proj.weight)
+    with pytest.raises(ValueError, match="cross_attention_init"):
+        warmstart.build_warmstart_model(_minilm_dir(), decoder_layers=1, cross_attention_init="zeros")
 
 
 def test_source_format(warm):
@@ -174,7 +188,7 @@ def _opts(out, **kw):
         output_dir=str(out), data_dir=str(DATA), steps=6, batch_size=4, lr=5e-4, warmup_steps=0,
         decoder_layers=1, max_source_len=48, max_target_len=24, eval_every=3, save_every=3,
         val_examples=8, val_batch_size=8, threads=1, train_limit=3, log_every=1, progress=False,
-        device="cpu", seed=123,
+        device="cpu", seed=123, cross_attention_init="normal",
     )
     base.update(kw)
     return qagen.TrainQAGenOptions(**base)
@@ -233,6 +247,7 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path):
         (dict(dtype="int8"), "dtype"),
         (dict(device="tpu"), "device"),
         (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(cross_attention_init="zeros"), "cross_attention_init"),
         (dict(data_dir="/nonexistent"), "lacks"),
     ],
 )

@@ -46,6 +46,7 @@ class TrainQAGenOptions:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
+    cross_attention_init: str = field(default="self", metadata={"help": "decoder cross-attention init: 'self' (copy of the layer's MiniLM self-attention; learns to use the source much faster) or 'normal' (fresh N(0, 0.02))", "choices": ("self", "normal")})
     max_source_len: int = field(default=512, metadata={"help": "encoder positions incl. the final [SEP] (<= 512)"})
     max_target_len: int = field(default=64, metadata={"help": "decoder positions incl. the final [SEP]"})
     eval_every: int = field(default=200, metadata={"help": "validate (and maybe update best/) every N steps; 0 = only at the end"})
@@ -65,7 +66,7 @@ class TrainQAGenOptions:
     # Fields that change the trajectory: a resumed run must use the same values.
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
-        "max_grad_norm", "seed", "decoder_layers", "max_source_len", "max_target_len", "dtype",
+        "max_grad_norm", "seed", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit",
     )
 
@@ -97,6 +98,8 @@ class TrainQAGenOptions:
             bad(f"max_source_len must be in [2, 512], got {self.max_source_len}")
         if not 3 <= self.max_target_len <= 512:
             bad(f"max_target_len must be in [3, 512], got {self.max_target_len}")
+        if self.cross_attention_init not in ("self", "normal"):
+            bad(f"cross_attention_init must be 'self' or 'normal', got {self.cross_attention_init!r}")
         if self.dtype not in DTYPES:
             bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
@@ -297,7 +300,8 @@ def train_qagen(options: TrainQAGenOptions) -> dict:
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
 
-    model, tok = build_warmstart_model(opt.minilm_dir, opt.decoder_layers, seed=opt.seed)
+    model, tok = build_warmstart_model(
+        opt.minilm_dir, opt.decoder_layers, seed=opt.seed, cross_attention_init=opt.cross_attention_init)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
     train_paras = build_paragraphs(
