@@ -1,0 +1,81 @@
+"""Held-out quality of a QAGen model on SQuAD dev-b (never trained on), with QUALS's own generation.
+
+For evenly spaced dev-b paragraphs the model generates as QUALS runs it (diverse beam search, 60
+hypotheses) and we report: the share of hypotheses that split into exactly (question, answer), the
+share whose answer is a verbatim (lower-cased) span of the paragraph, and the corpus BLEU of each
+paragraph's best hypothesis's question against the paragraph's gold questions."""
+import argparse
+import json
+from pathlib import Path
+
+from quals_fast.training.qagen_data import VALID_FILE, read_squad
+
+
+def _bleu(hypotheses, references):
+    import sacrebleu
+
+    # sacrebleu wants the same number of reference streams per sentence; repeating a reference
+    # changes neither clipped counts nor the closest reference length.
+    width = max(len(r) for r in references)
+    streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
+    return sacrebleu.corpus_bleu(hypotheses, streams, lowercase=True).score
+
+
+def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source_tokens=512, progress=True):
+    from tqdm.auto import tqdm
+
+    from quals_fast.qagen import QAGen
+
+    qagen = QAGen.load(model_dir)
+    raw = read_squad(Path(data_dir) / VALID_FILE)
+    step = max(1, len(raw) // paragraphs)
+    picked = raw[::step][:paragraphs]
+    n_hyp = n_split = n_span = 0
+    best_questions, gold = [], []
+    bar = tqdm(total=len(picked), desc="eval-qagen", disable=not progress)
+    for start in range(0, len(picked), batch_size):
+        chunk = picked[start: start + batch_size]
+        ids = [qagen.encode_text(context, max_source_tokens)[0] for context, _ in chunk]
+        for (context, qas), hyps in zip(chunk, qagen.generate_ids(ids)):
+            texts = [qagen.decode(h.tokens) for h in hyps]
+            parts = [t.split(qagen.separator) for t in texts]
+            n_hyp += len(texts)
+            n_split += sum(len(p) == 2 for p in parts)
+            n_span += sum(len(p) == 2 and p[1].strip() != "" and p[1].strip().lower() in context.lower() for p in parts)
+            best_questions.append(parts[0][0].strip())
+            gold.append([q for q, _ in qas])
+        bar.update(len(chunk))
+    bar.close()
+    return {
+        "paragraphs": len(picked),
+        "hypotheses": n_hyp,
+        "split_share": n_split / n_hyp,
+        "answer_span_share": n_span / n_hyp,
+        "question_bleu": _bleu(best_questions, gold),
+        "examples": [{"question": q, "gold": g[:2]} for q, g in zip(best_questions[:5], gold[:5])],
+    }
+
+
+def register_cli(subparsers):
+    p = subparsers.add_parser("eval-qagen", help="held-out quality of a QAGen model on SQuAD dev-b",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="QAGen model folder (default: the embedded model)")
+    p.add_argument("--data-dir", default="../shared/data/squad", help="folder holding %s" % VALID_FILE)
+    p.add_argument("--paragraphs", type=int, default=100, help="evenly spaced dev-b paragraphs (default 100)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--output", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(args):
+        if args.paragraphs < 1:
+            raise SystemExit("eval-qagen: --paragraphs must be >= 1")
+        result = evaluate_qagen(args.model, args.data_dir, args.paragraphs, args.batch_size,
+                                progress=not args.no_progress)
+        text = json.dumps(result, indent=2)
+        if args.output:
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(text)
+        return 0
+
+    p.set_defaults(func=run)
+    return p
