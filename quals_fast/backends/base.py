@@ -35,3 +35,25 @@ class Backend(Protocol):
                       targets: Sequence[Sequence[Sequence[int]]]) -> List[List[np.ndarray]]:
         """Teacher-forced log-probs of each target token (EOS included) given its source: for
         source i, one float32 array per target in targets[i]."""
+
+
+def teacher_forcing_arrays(targets: Sequence[Sequence[Sequence[int]]], start_id: int, pad_id: int):
+    """Decoder inputs and gold tokens as fairseq's collater builds them for rescoring: the start
+    token, then the target without its last token, right-padded. Shape (sources, rows, width):
+    source i's targets occupy its first len(targets[i]) rows, so one encoding serves them all."""
+    rows = max(len(ts) for ts in targets)
+    width = max(len(t) for ts in targets for t in ts)
+    dec_in = np.full((len(targets), rows, width), pad_id, dtype=np.int64)
+    gold = np.full((len(targets), rows, width), pad_id, dtype=np.int64)
+    for i, ts in enumerate(targets):
+        for r, t in enumerate(ts):
+            t = np.asarray(t, dtype=np.int64)
+            dec_in[i, r, 0] = start_id
+            dec_in[i, r, 1: len(t)] = t[:-1]
+            gold[i, r, : len(t)] = t
+    return dec_in, gold
+
+
+def split_target_scores(token_lp: np.ndarray, targets) -> List[List[np.ndarray]]:
+    """(sources, rows, width) per-position log-probs -> one array per real target."""
+    return [[token_lp[i, r, : len(t)].copy() for r, t in enumerate(ts)] for i, ts in enumerate(targets)]

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from quals_fast.backends.base import ModelSpec
+from quals_fast.backends.base import ModelSpec, split_target_scores, teacher_forcing_arrays
 from quals_fast.checkpoint import ONNX_MANIFEST
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -209,20 +209,10 @@ class OnnxBackend:
     def score_targets(self, source_ids, targets) -> List[List[np.ndarray]]:
         cross, mask = self._encode(source_ids)
         b = len(source_ids)
-        rows = max(len(t) for t in targets)
-        width = max(len(x) for ts in targets for x in ts)
-        start, pad = self.spec.decoder_start_id, self.spec.pad_id
-        # Teacher forcing as the torch backend (and fairseq's collater) builds it.
-        dec_in = np.full((b, rows, width), pad, dtype=np.int64)
-        gold = np.full((b, rows, width), pad, dtype=np.int64)
-        for i, ts in enumerate(targets):
-            for r, t in enumerate(ts):
-                dec_in[i, r, 0] = start
-                dec_in[i, r, 1: len(t)] = t[:-1]
-                gold[i, r, : len(t)] = t
+        dec_in, gold = teacher_forcing_arrays(targets, self.spec.decoder_start_id, self.spec.pad_id)
+        rows, width = dec_in.shape[1:]
         token_lp = np.empty((b * rows, width), dtype=np.float32)
         host_inputs = {"decoder_input_ids": dec_in.reshape(b * rows, width), "labels": gold.reshape(b * rows, width),
                        "source_mask": mask}
         self._run("score", host_inputs, list(zip(self.io["encoder_out"], cross)), {"token_logprobs": token_lp}, [])
-        token_lp = token_lp.reshape(b, rows, width)
-        return [[token_lp[i, r, : len(t)].copy() for r, t in enumerate(ts)] for i, ts in enumerate(targets)]
+        return split_target_scores(token_lp.reshape(b, rows, width), targets)

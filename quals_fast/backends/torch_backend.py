@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quals_fast.backends.base import ModelSpec
+from quals_fast.backends.base import ModelSpec, split_target_scores, teacher_forcing_arrays
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -148,21 +148,10 @@ class TorchBackend:
     def score_targets(self, source_ids, targets):
         keys, values, mask = self._encode(source_ids)
         b = len(source_ids)
-        rows = max(len(t) for t in targets)
-        width = max(len(x) for ts in targets for x in ts)
-        start, pad = self.spec.decoder_start_id, self.spec.pad_id
-        # Teacher forcing as fairseq's collater builds it: start token, then the target without its
-        # last token, right-padded; causal attention keeps padding out of real positions.
-        dec_in = torch.full((b, rows, width), pad, dtype=torch.long)
-        gold = torch.full((b, rows, width), pad, dtype=torch.long)
-        for i, ts in enumerate(targets):
-            for r, t in enumerate(ts):
-                t = torch.as_tensor(t, dtype=torch.long)
-                dec_in[i, r, 0] = start
-                dec_in[i, r, 1: len(t)] = t[:-1]
-                gold[i, r, : len(t)] = t
-        dec_in = dec_in.view(b * rows, width).to(self.device)
-        gold = gold.view(b * rows, width).to(self.device)
+        dec_in, gold = teacher_forcing_arrays(targets, self.spec.decoder_start_id, self.spec.pad_id)
+        rows, width = dec_in.shape[1:]
+        dec_in = torch.from_numpy(dec_in).view(b * rows, width).to(self.device)
+        gold = torch.from_numpy(gold).view(b * rows, width).to(self.device)
         h = self._embed(dec_in, 0)
         for i, layer in enumerate(self._decoder.layers):
             sa = layer.self_attn
@@ -170,5 +159,4 @@ class TorchBackend:
             h = self._layer(layer, h, k, v, True, keys[i], values[i], mask, rows)
         logits = self._logits(h)
         token_lp = logits.gather(-1, gold[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
-        token_lp = token_lp.view(b, rows, width).cpu().numpy()
-        return [[token_lp[i, r, : len(t)].copy() for r, t in enumerate(ts)] for i, ts in enumerate(targets)]
+        return split_target_scores(token_lp.view(b, rows, width).cpu().numpy(), targets)
