@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 namespace quals {
 
@@ -10,6 +11,11 @@ BeamBookkeeper::BeamBookkeeper(const SearchConfig& cfg, int64_t batch)
     : cfg_(cfg), finished_(static_cast<size_t>(batch > 0 ? batch : 0)) {
     cfg_.validate();
     if (batch < 1) throw std::invalid_argument("batch must be >= 1");
+    // fairseq silently caps the beam at vocab_size - 1 (pad is never chosen); refusing keeps
+    // every accepted decode identical to the reference.
+    if (cfg_.num_beams > cfg_.vocab_size - 1)
+        throw std::invalid_argument("vocabulary too small: num_beams (" + std::to_string(cfg_.num_beams) +
+                                    ") must be below vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
     active_.resize(static_cast<size_t>(batch));
     for (int64_t i = 0; i < batch; ++i) active_[i] = i;
     const size_t rows = static_cast<size_t>(batch * cfg_.num_beams);

@@ -123,6 +123,9 @@ def test_bad_configuration_is_reported():
         make_search(vocab=4, beams=4, groups=1)
     with pytest.raises(ValueError, match="batch"):
         make_search(batch=0)
+    # fairseq would quietly shrink the beam to vocab_size - 1; the engine refuses instead.
+    with pytest.raises(ValueError, match="must be below vocab_size"):
+        make_search(vocab=4, beams=4, groups=4)
 
 
 def test_step_after_done_raises():

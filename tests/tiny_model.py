@@ -9,7 +9,8 @@ import torch
 
 WORDS = ("the a of to in and was is for on at by with police said man woman city court president minister "
          "bank fire storm team club player coach paris london berlin monday tuesday john mary smith won lost "
-         "arrested opened closed found killed ten two three million people years old new game match").split()
+         "arrested opened closed found killed ten two three million people years old new game match "
+         "storm rain snow car train bus school hospital doctor river bridge road house church year week day").split()
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
 SEPARATOR_TOKEN = "[qsep]"
 
