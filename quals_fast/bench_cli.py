@@ -356,8 +356,6 @@ def peak_memory(p: Pipelines, srcs, summs) -> Dict[str, dict]:
 
 
 def _memory_child() -> None:
-    import resource
-
     import torch
 
     job = json.loads(sys.stdin.read())
@@ -382,7 +380,9 @@ def _memory_child() -> None:
         run = lambda: qags.score(job["sources"], job["summaries"])  # noqa: E731
     loaded = _rss_mb()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Not ru_maxrss: it carries the parent's high-water mark through fork and exec.
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"loaded_mb": loaded, "peak_mb": peak}))
 
 

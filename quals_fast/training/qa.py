@@ -23,7 +23,7 @@ from .qg import register_recipe_cli, swapped
 from .qagen import TrainQAGenOptions
 
 
-def build_qa_model(minilm_dir=None, decoder_layers: int = 0, seed: int = 0):
+def build_qa_model(minilm_dir=None, decoder_layers: int = 0, seed: int = 0, **_decoder_options):
     """(BertForQuestionAnswering, tokenizer) with MiniLM's encoder and a fresh span head."""
     from transformers import BertForQuestionAnswering, BertTokenizerFast
 
