@@ -2,7 +2,7 @@
 
 The law is the original QUALS code, as recorded in shared/oracle/select_golden.json; the
 hand-written cases pin each rule, and the property tests compare the C++ against Python itself
-(``str.lower``) and against a plain restatement of the selection.
+(``str.lower``) and against the plain-Python selection of the QUALS reference.
 """
 import dataclasses
 import json
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from quals_fast import selection
 from quals_fast._native import BuildError, core
+from quals_fast.reference.quals_reference import filter_pairs, select_pairs
 from quals_fast.selection import QAPair, SelectionOptions, select_qa_pairs
 
 SEP = " strutConnector"
@@ -32,40 +33,11 @@ def pairs(kept):
 
 
 def reference_filter(texts, summary, sep=SEP):
-    """The filter as plain Python: (index, question, answer) of the candidates that pass."""
-    summary_lower = summary.lower()
-    valid = []
-    for i, text in enumerate(texts):
-        parts = text.split(sep)
-        if len(parts) == 2 and parts[1].lower() in summary_lower:
-            valid.append((i, parts[0], parts[1]))
-    return valid
+    return filter_pairs(texts, summary, sep)
 
 
 def reference_select(texts, scores, summary, sep=SEP, max_pairs=10, strict_cap=False):
-    """The selection as plain Python: (index, question, answer) of the kept candidates."""
-    valid = reference_filter(texts, summary, sep)
-    valid.sort(key=lambda v: scores[v[0]], reverse=True)
-    groups = {}
-    for v in valid:
-        groups.setdefault(v[2].lower(), []).append(v)
-    kept, seen = [], set()
-    while len(kept) < max_pairs:
-        added = False
-        for answer_lower, members in groups.items():
-            if strict_cap and len(kept) >= max_pairs:
-                break
-            if not members:
-                continue
-            v = members.pop(0)
-            if (answer_lower, v[1].lower()) in seen:
-                continue
-            seen.add((answer_lower, v[1].lower()))
-            kept.append(v)
-            added = True
-        if not added:
-            break
-    return kept
+    return select_pairs(list(zip(texts, scores)), summary, sep, max_pairs, strict_cap)
 
 
 # --- lower-casing ------------------------------------------------------------------------------

@@ -60,17 +60,25 @@ def encode_text(tok, text: str, limit: int, eos_id: int) -> List[int]:
     return ids
 
 
-def select_pairs(candidates: Sequence[Tuple[str, float]], summary: str, sep: str, max_pairs: int = 10):
-    """The original selection (``filter_qas_dataset_lm_score``): keep candidates whose answer is
-    verbatim (lower-cased) in the summary, sort by unnormalised score, then take them round-robin
-    over distinct answers; a repeated (answer, question) uses up its turn, and the limit is only
-    checked before each round. Returns (candidate index, question, answer)."""
+def filter_pairs(texts: Sequence[str], summary: str, sep: str):
+    """The original filter: (index, question, answer) of the candidates that split into exactly two
+    parts and whose answer is verbatim (lower-cased, leading space kept) in the summary."""
     summary_lower = summary.lower()
     valid = []
-    for i, (text, _) in enumerate(candidates):
+    for i, text in enumerate(texts):
         parts = text.split(sep)
         if len(parts) == 2 and parts[1].lower() in summary_lower:
             valid.append((i, parts[0], parts[1]))
+    return valid
+
+
+def select_pairs(candidates: Sequence[Tuple[str, float]], summary: str, sep: str, max_pairs: int = 10,
+                 strict_cap: bool = False):
+    """The original selection (``filter_qas_dataset_lm_score``): filter, sort by unnormalised score,
+    then take candidates round-robin over distinct answers; a repeated (answer, question) uses up its
+    turn, and the limit is only checked before each round (``strict_cap`` checks it before every
+    pair instead). Returns (candidate index, question, answer)."""
+    valid = filter_pairs([text for text, _ in candidates], summary, sep)
     valid.sort(key=lambda v: candidates[v[0]][1], reverse=True)
     groups: Dict[str, list] = {}
     for v in valid:
@@ -79,6 +87,8 @@ def select_pairs(candidates: Sequence[Tuple[str, float]], summary: str, sep: str
     while len(kept) < max_pairs:
         added = False
         for answer_lower, members in groups.items():
+            if strict_cap and len(kept) >= max_pairs:
+                break
             if not members:
                 continue
             v = members.pop(0)
