@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/squad")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad"
 
 
 def _import_training():

