@@ -1,0 +1,48 @@
+"""The embedded default QAGen model: it loads with no argument and scores text out of the box."""
+import json
+from pathlib import Path
+
+import pytest
+
+from quals_fast import QualsScorer
+from quals_fast.checkpoint import default_model_dir
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pairs.jsonl"
+
+pytestmark = pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
+                                reason="the default model is not embedded in this checkout")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    rows = [json.loads(line) for line in EXAMPLES.read_text(encoding="utf-8").splitlines()]
+    return {r["id"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def scores(examples):
+    scorer = QualsScorer()
+    rows = list(examples.values())
+    results = scorer.score([r["source"] for r in rows], [r["summary"] for r in rows])
+    return {r["id"]: res for r, res in zip(rows, results)}
+
+
+def test_default_model_loads_and_scores(scores):
+    for res in scores.values():
+        assert res.error is None
+        assert res.score is not None or res.reason
+
+
+def test_default_model_separator_and_size():
+    config = json.loads((default_model_dir() / "config.json").read_text())
+    assert config["qagen_separator"] == " [qsep]"
+    size = sum(p.stat().st_size for p in default_model_dir().iterdir())
+    assert size <= 100 * 2**20
+
+
+@pytest.mark.xfail(strict=False, reason="issue 3: the embedded model is under-trained (see its model card); "
+                                        "the swapped boxing summary does not yet score clearly lower")
+def test_swapped_roles_score_lower(scores):
+    faithful, swapped = scores["boxing-faithful"].score, scores["boxing-swapped"].score
+    assert faithful is not None and swapped is not None
+    assert faithful > swapped + 0.5
