@@ -232,12 +232,24 @@ def _rss_mb() -> float:
 
 
 @contextlib.contextmanager
+def swapped(owner, **names):
+    """Temporarily rebind attributes of a module or object (restored even on failure)."""
+    old = {k: getattr(owner, k) for k in names}
+    for k, v in names.items():
+        setattr(owner, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(owner, k, v)
+
+
+@contextlib.contextmanager
 def engine_stage_timer(timings: Dict[str, float], engine=None):
     """Times the engine's stages by swapping timed wrappers in for the names QualsScorer calls
     (and, given the scorer, for its backend's model calls, to split generation into model time
     and search time)."""
     from quals_fast import scorer
-    from quals_fast.training.qg import swapped
 
     def timed(fn, stage):
         def call(*a, **k):

@@ -235,9 +235,28 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path):
         assert torch.equal(sa[k], sb[k]), k
 
 
+def test_init_from_continues_a_trained_model(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    a = tmp_path / "a"
+    qagen.train_qagen(_opts(a, steps=3, eval_every=3, save_every=3))
+    best = a / "best"
+    model, tok = qagen.QAGEN_RECIPE.build_model(_opts(tmp_path / "c", init_from=str(best)))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(best / "model.safetensors"))
+    assert next(model.parameters()).dtype == torch.float32
+    for k, v in saved.items():  # fp16 on disk, fp32 to train: same values
+        assert torch.equal(model.state_dict()[k], v.float()), k
+    assert tok.convert_tokens_to_ids("[qsep]") == model.config.qagen_separator_token_id
+    summary = qagen.train_qagen(_opts(tmp_path / "c", steps=2, eval_every=2, save_every=2, init_from=str(best)))
+    assert summary["step"] == 2 and (tmp_path / "c" / "best" / "config.json").is_file()
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [
+        (dict(init_from="/nonexistent"), "init_from"),
         (dict(steps=None), "exactly one of steps or epochs"),
         (dict(epochs=1.0), "exactly one of steps or epochs"),
         (dict(steps=0), "steps must be"),

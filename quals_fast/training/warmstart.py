@@ -262,6 +262,25 @@ def split_qa(decoded: str, separator: str) -> tuple[str, str]:
     return q.strip(), a.strip()
 
 
+def load_qagen_for_training(model_dir: Path | str):
+    """Return `(model, tokenizer)` from an existing QAGen folder (e.g. the embedded default), in
+    fp32 whatever dtype it was saved in, so that training can continue from it."""
+    from transformers import BartForConditionalGeneration, BertTokenizerFast
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a QAGen model folder (no config.json)")
+    model = BartForConditionalGeneration.from_pretrained(
+        str(model_dir), local_files_only=True, dtype=torch.float32)
+    if getattr(model.config, "qagen_separator_token_id", None) is None:
+        raise ValueError(f"{model_dir} has no qagen_separator_token_id in its config: not a QAGen checkpoint")
+    tok = BertTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+    if tok.convert_tokens_to_ids(SEPARATOR_TOKEN) != model.config.qagen_separator_token_id:
+        raise ValueError(f"{model_dir}: tokenizer and config disagree on the separator id")
+    _set_generation_config(model)
+    return model, tok
+
+
 def save_model_folder(model, tokenizer, out_dir: Path | str, dtype: torch.dtype | None = None) -> Path:
     """A self-contained model folder (safetensors + config + generation config + tokenizer)."""
     import copy
