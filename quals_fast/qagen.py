@@ -13,6 +13,20 @@ from quals_fast.generation import GenerationOptions, Hypothesis, generate
 from quals_fast.rescoring import RescoringOptions, TargetScore, rescore, truncate_with_eos
 
 
+def answer_search_text(tokenizer, text: str) -> str:
+    """The summary as the verbatim-answer filter searches it.
+
+    The original QAGen's byte-level BPE decodes losslessly, so the summary itself is searched.
+    A WordPiece tokenizer (our MiniLM-based QAGen) does not: "17.5 million" decodes as
+    "17. 5 million", "mexico-united" as "mexico - united", and about one gold SQuAD answer in nine
+    would never match its own paragraph. Generated answers are decoded text, so the summary is
+    compared in the same decoded form: its own round trip through the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordPiece":
+        return text
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+
+
 def _check_ids(seq, what, vocab_size):
     if isinstance(seq, (str, bytes)):
         raise TypeError("%s must be a sequence of token ids, got a string" % what)
@@ -99,6 +113,9 @@ class QAGen:
         if tokens and tokens[-1] == self.spec.eos_id:
             tokens = tokens[:-1]
         return self._require_tokenizer().decode(tokens, skip_special_tokens=True)
+
+    def answer_search_text(self, summary: str) -> str:
+        return answer_search_text(self._require_tokenizer(), summary)
 
     def token_strings(self, tokens: Sequence[int]) -> List[str]:
         return self._require_tokenizer().convert_ids_to_tokens([int(t) for t in tokens])

@@ -153,7 +153,7 @@ class QualsScorer:
         kept_per_input, results = [], []
         for summary, (summ_ids, summ_trunc), (src_ids, src_trunc), hs in zip(summaries, summary_enc, source_enc, hyps):
             candidates = [Candidate(q.decode(h.tokens), h.score, h.unnormalized_score) for h in hs]
-            kept = select_qa_pairs(candidates, summary, max_pairs=self.selection.max_pairs,
+            kept = select_qa_pairs(candidates, q.answer_search_text(summary), max_pairs=self.selection.max_pairs,
                                    strict_cap=self.selection.strict_cap,
                                    sep=q.separator)
             kept_per_input.append([(p, hs[p.index]) for p in kept])

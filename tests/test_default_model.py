@@ -46,3 +46,27 @@ def test_swapped_roles_score_lower(scores):
     faithful, swapped = scores["boxing-faithful"].score, scores["boxing-swapped"].score
     assert faithful is not None and swapped is not None
     assert faithful > swapped + 0.5
+
+
+def test_answer_filter_searches_the_summary_as_decoded():
+    """WordPiece decoding is lossy ("17.5" -> "17. 5"); the filter compares generated answers with
+    the summary's own round trip, so an answer copied from the summary still matches it."""
+    from quals_fast.qagen import QAGen
+    from quals_fast.selection import select_qa_pairs
+
+    q = QAGen.load()
+    summary = "The Mexico-United States deal was worth $17.5 million, officials said."
+    text = q.answer_search_text(summary)
+    assert text != summary
+    answer_ids = q.tokenizer(" what was it worth? [qsep] $17.5 million")["input_ids"][1:-1]
+    candidate = q.decode(answer_ids)
+    assert candidate.split(q.separator)[1].strip() not in summary.lower()  # the raw text misses it
+    kept = select_qa_pairs([{"text": candidate, "score": -1.0, "unnormalized_score": -1.0}], text, sep=q.separator, max_pairs=10)
+    assert [p.answer.strip() for p in kept] == ["$ 17. 5 million"]
+
+
+def test_lossless_tokenizers_search_the_summary_itself(tiny_model_dir):
+    from quals_fast.qagen import QAGen
+
+    q = QAGen.load(tiny_model_dir)
+    assert q.answer_search_text("the cat sat on the mat .") == "the cat sat on the mat ."

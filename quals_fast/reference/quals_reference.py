@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from quals_fast.qagen import answer_search_text
 from quals_fast.search_reference import generate_reference
 
 ORIGINAL_SEPARATOR = " strutConnector"
@@ -198,7 +199,8 @@ def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str],
         t = _tick(timings, "generation", t)
         for src, summ, hs in zip(srcs, summs, hyps):
             texts = [decode(tokenizer, h.tokens, eos) for h in hs]
-            kept = select_pairs([(x, h.unnormalized_score) for x, h in zip(texts, hs)], summ, sep, max_pairs)
+            kept = select_pairs([(x, h.unnormalized_score) for x, h in zip(texts, hs)],
+                                answer_search_text(tokenizer, summ), sep, max_pairs)
             t = _tick(timings, "selection", t)
             src_ids = encode_text(tokenizer, src, min(max_source_tokens, positions), eos)
             pairs = []

@@ -2,7 +2,8 @@
 
 For evenly spaced dev-b paragraphs the model generates as QUALS runs it (diverse beam search, 60
 hypotheses) and we report: the share of hypotheses that split into exactly (question, answer), the
-share whose answer is a verbatim (lower-cased) span of the paragraph, and the corpus BLEU of each
+share whose answer is a verbatim (lower-cased) span of the paragraph (the paragraph as QUALS's
+filter searches it: see `quals_fast.qagen.answer_search_text`), and the corpus BLEU of each
 paragraph's best hypothesis's question against the paragraph's gold questions."""
 import argparse
 import json
@@ -37,6 +38,7 @@ def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source
         chunk = picked[start: start + batch_size]
         ids = [qagen.encode_text(context, max_source_tokens)[0] for context, _ in chunk]
         for (context, qas), hyps in zip(chunk, qagen.generate_ids(ids)):
+            context = qagen.answer_search_text(context)
             texts = [qagen.decode(h.tokens) for h in hyps]
             parts = [t.split(qagen.separator) for t in texts]
             n_hyp += len(texts)
