@@ -223,6 +223,34 @@ def _convert_fp16(path: Path, keep_fp32_io):
     onnx.save(model, str(path))
 
 
+def _checkpoint_weights(model_dir):
+    checkpoint = open_checkpoint(model_dir, needs_weights=WEIGHT_FILES)
+    return checkpoint, next(checkpoint.path / f for f in WEIGHT_FILES if (checkpoint.path / f).is_file())
+
+
+def cached_export(model_dir, cache_dir, int8=False, fp16=False, validate=True, log=print) -> Path:
+    """The ONNX export of `model_dir` under `cache_dir`, made on first use. The folder is named
+    after the model folder, the source weights' hash and the precision, and is reused only while
+    its manifest records those same weights (a retrained model gets a fresh export). The export is
+    written beside it and renamed into place only once complete, so a failed or interrupted export
+    is never reused."""
+    checkpoint, weights = _checkpoint_weights(model_dir)
+    digest = _file_hash(weights)
+    kind = "int8" if int8 else "fp16" if fp16 else "fp32"
+    out = Path(cache_dir) / ("onnx-%s-%s-%s" % (checkpoint.path.name, digest[:12], kind))
+    manifest = out / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8"))["source_model"]["sha256"] == digest:
+        return out
+    partial = out.with_name(out.name + ".partial")
+    for stale in (partial, out):
+        if stale.exists():
+            shutil.rmtree(stale)
+    export_onnx(checkpoint.path, partial, int8=int8, fp16=fp16, validate=validate, log=log)
+    partial.rename(out)
+    log("complete: %s" % out)
+    return out
+
+
 def export_onnx(model_dir, out_dir, opset=DEFAULT_OPSET, int8=False, fp16=False, validate=True, log=print):
     """Export `model_dir` (a Hugging Face BART folder) to `out_dir`; returns the manifest dict.
     With `validate`, the exported graphs are run against the torch backend and the max abs
@@ -233,8 +261,7 @@ def export_onnx(model_dir, out_dir, opset=DEFAULT_OPSET, int8=False, fp16=False,
 
     if int8 and fp16:
         raise ValueError("choose one of int8 (CPU) and fp16 (GPU)")
-    checkpoint = open_checkpoint(model_dir, needs_weights=WEIGHT_FILES)
-    weights = next(checkpoint.path / f for f in WEIGHT_FILES if (checkpoint.path / f).is_file())
+    checkpoint, weights = _checkpoint_weights(model_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

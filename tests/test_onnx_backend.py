@@ -14,7 +14,7 @@ from quals_fast import QAGen, QualsScorer  # noqa: E402
 from quals_fast.backends.onnx_backend import (OnnxBackend, ProviderUnavailableError,  # noqa: E402
                                               resolve_providers)
 from quals_fast.checkpoint import ONNX_MANIFEST  # noqa: E402
-from quals_fast.export import export_onnx  # noqa: E402
+from quals_fast.export import cached_export, export_onnx  # noqa: E402
 
 TOL = 1e-4
 ONE_THREAD = {"threads": 1}
@@ -137,6 +137,19 @@ def test_int8_export_runs_and_stays_close(tiny_model_dir, tiny_int8):
     print("int8 vs torch on the tiny model: max token log-prob error %.3g, mean |score| error %.3g" % (err, mean_err))
     # Dynamic int8 is lossy by design: this guards against a broken graph, not for parity.
     assert np.isfinite(err) and mean_err < 0.5
+
+
+def test_cached_export_is_reused_until_the_weights_change(tiny_model_dir, tmp_path):
+    from tiny_model import build_tiny_model
+
+    logged = []
+    first = cached_export(tiny_model_dir, tmp_path, validate=False, log=logged.append)
+    assert logged and (first / ONNX_MANIFEST).is_file() and not list(tmp_path.glob("*.partial"))
+    logged.clear()
+    assert cached_export(tiny_model_dir, tmp_path, validate=False, log=logged.append) == first and not logged
+    retrained = build_tiny_model(tmp_path / "retrained" / tiny_model_dir.name, seed=2)   # same folder name
+    second = cached_export(retrained, tmp_path, validate=False, log=logged.append)
+    assert second != first and logged and first.is_dir()
 
 
 def test_fp16_export_is_validated_on_cpu(tiny_model_dir, tmp_path):
