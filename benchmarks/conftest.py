@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-# group -> backend -> {"min": seconds, "mean": seconds, "per_call": items per call, "peak_mb": MB}
+# group -> backend -> {"min": seconds, "mean": seconds, "per_call": items per call, "unit": what an item is,
+#                      "peak_mb": MB, "load_mb": MB, "note": text}
 RESULTS = defaultdict(dict)
 
 
@@ -58,18 +59,23 @@ class PeakRSS:
         return (self.peak - self.base) / 2 ** 20
 
 
+def _speedup(base, r):
+    return "%.2fx" % (base["min"] / r["min"]) if base else "-"
+
+
 def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     tr = terminalreporter
-    tr.section("quals-fast backend ratios (same run; speed-up = torch min time / backend min time)")
+    tr.section("quals-fast backend ratios (same run; speed-up = torch's or naive's min time / backend min time)")
     for group, by_backend in sorted(RESULTS.items()):
-        base = by_backend.get("torch")
+        tr.write_line(group)
+        torch_r, naive_r = by_backend.get("torch"), by_backend.get("naive")
         for backend, r in sorted(by_backend.items(), key=lambda kv: kv[1]["min"]):
-            ratio = "%.2fx" % (base["min"] / r["min"]) if base else "n/a"
-            tr.write_line("%-30s %-10s min %8.3fs  %8.2f %s/s  speed-up vs torch %6s  footprint %5.0f MB  "
-                          "warm call +%.0f MB" % (group, backend, r["min"], r["per_call"] / r["min"], r["unit"], ratio,
-                                                  r["load_mb"], r["peak_mb"]))
+            tr.write_line("  %-10s min %8.3fs  %8.2f %s/s  vs torch %6s  vs naive %6s  footprint %5.0f MB  "
+                          "warm call +%.0f MB  %s" % (backend, r["min"], r["per_call"] / r["min"], r["unit"],
+                                                      _speedup(torch_r, r), _speedup(naive_r, r), r["load_mb"],
+                                                      r["peak_mb"], r.get("note", "")))
 
 
 @pytest.fixture(scope="session")
