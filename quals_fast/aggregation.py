@@ -10,7 +10,11 @@ REFERENCE_NO_PAIR_SCORE = -1e5
 
 @dataclass(frozen=True)
 class AggregationOptions:
-    # None reports a missing score (with its reason) instead of the reference's -1e5 sentinel.
+    """Settings of the aggregation into one score per summary.
+
+    ``no_pair_score``: the score of a summary none of whose QA pairs survived the filter. None
+    (default) reports no score, with the reason; the reference writes -1e5."""
+
     no_pair_score: Optional[float] = None
 
     def __post_init__(self):

@@ -10,7 +10,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RescoringOptions:
-    # The reference truncates sources to 1024 tokens (BART's positions); a smaller model limit wins.
+    """Settings of the teacher-forced rescoring against the source.
+
+    ``max_source_tokens``: sources are cut to this many tokens, EOS included (the reference cuts
+    at 1024, BART's positions; a model with fewer positions cuts at its own limit).
+    ``rescoring_batch_size``: documents whose pairs are scored in one padded forward."""
+
     max_source_tokens: int = 1024
     rescoring_batch_size: int = 8
 
