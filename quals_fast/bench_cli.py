@@ -433,40 +433,49 @@ def run_suite(p: Pipelines, preset: Preset, data_dir=DATA_DIR, log=print) -> dic
 
 
 # ------------------------------------------------------------------------------ human correlation
-def human_scores(path: Path, n: int) -> List[dict]:
-    """QAGS annotations: the summary (its sentences joined) and the mean over its sentences of the
-    majority vote of the three annotators (1 = supported)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line, _ in zip(f, range(n) if n else iter(int, 1)):
-            d = json.loads(line)
-            votes = [np.mean([r["response"] == "yes" for r in s["responses"]]) > 0.5 for s in d["summary_sentences"]]
-            out.append({"source": d["article"], "summary": " ".join(s["sentence"] for s in d["summary_sentences"]),
-                        "human": float(np.mean(votes))})
-    return out
-
-
 def correlations(metric: Sequence[Optional[float]], human: Sequence[float]) -> dict:
-    from scipy import stats
+    """Pearson and Spearman over the summaries the metric scored."""
+    from quals_fast.evaluation import pearson, spearman
 
     keep = [(m, h) for m, h in zip(metric, human) if m is not None]
     if len(keep) < 3:
         return {"pearson": None, "spearman": None, "n": len(keep)}
     m, h = np.array(keep).T
-    return {"pearson": float(stats.pearsonr(m, h)[0]), "spearman": float(stats.spearmanr(m, h)[0]), "n": len(keep)}
+    return {"pearson": pearson(m, h), "spearman": spearman(m, h), "n": len(keep)}
 
 
-def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print) -> dict:
+def _saved_quals(folder: Path, filename: str, n: int) -> List[Optional[float]]:
+    path = Path(folder) / (Path(filename).stem + ".scores.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if len(rows) < n:
+        raise SystemExit("%s holds %d scored items, fewer than the %d asked for" % (path, len(rows), n))
+    return [r["quals"] for r in rows[:n]]
+
+
+def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_scores=None) -> dict:
+    """QUALS and QAGS against the human scores on the first n (0: all) summaries of each file,
+    each over the summaries it scored, and both over the summaries both scored. `quals_scores`:
+    an `eval-correlation` output folder (same default model, same files) whose per-item QUALS is
+    reused instead of scoring again."""
+    from quals_fast.evaluation import DATASETS, load_qags
+
     out = {}
-    for name in ("cnndm", "xsum"):
-        items = human_scores(Path(data_dir) / "qags" / ("mturk_%s.jsonl" % name), n)
-        src, summ, human = [x["source"] for x in items], [x["summary"] for x in items], [x["human"] for x in items]
-        log("human correlation on QAGS-%s: %d summaries" % (name.upper(), len(items)))
-        out[name] = {}
-        if _trained(p.spec["models"]["quals"]):
-            out[name]["quals"] = correlations([r.score for r in p.engine.score(src, summ, batch_size=4)], human)
+    for name, filename in DATASETS.items():
+        items = load_qags(Path(data_dir) / "qags" / filename)[: n or None]
+        src, summ, human = (list(x) for x in zip(*items))
+        log("human correlation on %s: %d summaries" % (name, len(items)))
+        scores = {}
+        if quals_scores is not None:
+            scores["quals"] = _saved_quals(quals_scores, filename, len(items))
+        elif _trained(p.spec["models"]["quals"]):
+            scores["quals"] = [r.score for r in p.engine.score(src, summ, batch_size=4)]
         if _trained(p.spec["models"]["qg"]) and _trained(p.spec["models"]["qa"]):
-            out[name]["qags"] = correlations([r.score for r in p.qags.score(src, summ)], human)
+            scores["qags"] = [r.score for r in p.qags.score(src, summ)]
+        out[name] = {metric: correlations(v, human) for metric, v in scores.items()}
+        if len(scores) == 2:
+            both = [i for i in range(len(items)) if all(v[i] is not None for v in scores.values())]
+            for metric, v in scores.items():
+                out[name][metric + " (both scored)"] = correlations([v[i] for i in both], [human[i] for i in both])
     return out
 
 
@@ -664,12 +673,14 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
     lines += ["", "## Agreement with human judgments (QAGS-CNNDM, QAGS-XSUM)", ""]
     if corr:
         lines += ["Summary-level correlation with the mean over its sentences of the annotators' majority vote, on "
-                  "the first summaries of each file. A metric whose models are untrained is not measured (its "
-                  "figure would be noise).", "",
+                  "the first summaries of each file (n: those the metric gave a score; QUALS gives none when no "
+                  "generated answer is in the summary, QAGS when spaCy finds no answer candidate). Rows marked "
+                  "'both scored' use only the summaries both metrics scored. A metric whose models are untrained "
+                  "is not measured (its figure would be noise).", "",
                   "| dataset | metric | Pearson | Spearman | n |", "|---|---|---|---|---|"]
         for ds, by in corr.items():
             for metric, c in by.items():
-                lines.append("| QAGS-%s | %s | %s | %s | %d |" % (ds.upper(), metric.upper(), _fmt(c["pearson"]),
+                lines.append("| %s | %s | %s | %s | %d |" % (ds, metric.upper(), _fmt(c["pearson"]),
                                                                  _fmt(c["spearman"]), c["n"]))
     else:
         lines.append("Not measured in this run (`--correlation N` measures it on N summaries per dataset).")
@@ -707,6 +718,8 @@ def register_cli(subparsers):
     p.add_argument("--int8", action="store_true", help="with --backend onnx: the int8-quantised export")
     p.add_argument("--correlation", type=int, default=None, metavar="N",
                    help="also measure agreement with human judgments on N QAGS summaries per dataset (0 = all)")
+    p.add_argument("--quals-scores", default=None, metavar="DIR",
+                   help="with --correlation: reuse the per-item QUALS of an eval-correlation run of the same model")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     return p
 
@@ -726,17 +739,15 @@ def _run_cli(args) -> int:
     models = prepare_models(Path(args.cache_dir), args.quals_model, args.qg_model, args.qa_model)
     engine_dir = None
     if args.backend == "onnx":
-        from quals_fast.export import export_onnx
+        from quals_fast.export import cached_export
 
-        engine_dir = Path(args.cache_dir) / ("onnx-int8" if args.int8 else "onnx") / Path(models["quals"]).name
-        if not (engine_dir / "config.json").is_file():
-            export_onnx(models["quals"], engine_dir, int8=args.int8, log=log)
+        engine_dir = cached_export(models["quals"], args.cache_dir, int8=args.int8, log=log)
     pipes = build_pipelines(models, threads=args.threads, backend=args.backend, data_dir=args.data_dir,
                             engine_dir=engine_dir)
     results = run_suite(pipes, preset, args.data_dir, log)
     n_corr = args.correlation if args.correlation is not None else preset.correlation
     if args.correlation is not None or n_corr:
-        results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log)
+        results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log, args.quals_scores)
     results["notes"] = list(args.note)
     machine = machine_state()
     out = Path(args.output)

@@ -46,3 +46,50 @@ def test_evaluate_writes_and_resumes(tmp_path, data_dir, tiny_model_dir):
     again = evaluate(scorer, data_dir / "qags", out, limit=2, progress=False)
     assert len((out / "mturk_cnndm.scores.jsonl").read_text().splitlines()) == 2
     assert again["QAGS-XSUM"]["items"] == 2
+
+
+def test_bench_correlation_reuses_saved_quals_and_compares_on_common_items(tmp_path, data_dir):
+    """`quals-fast bench --correlation N --quals-scores DIR`: QUALS comes from an eval-correlation
+    folder, QAGS is scored; each is correlated over what it scored, and both over the common set."""
+    from types import SimpleNamespace
+
+    from quals_fast.bench_cli import Pipelines, run_correlation
+
+    n = 6
+    models = {}
+    for role in ("quals", "qg", "qa"):
+        models[role] = tmp_path / role
+        models[role].mkdir()
+        (models[role] / "training_info.json").write_text("{}")
+    saved = tmp_path / "corr"
+    saved.mkdir()
+    human = {name: [h for _, _, h in load_qags(data_dir / "qags" / f)[:n]]
+             for name, f in (("cnndm", "mturk_cnndm.jsonl"), ("xsum", "mturk_xsum.jsonl"))}
+    quals = [0.1, None, 0.5, 0.2, 0.9, 0.4, 7.0]  # one line more than asked: ignored
+    for name in human:
+        (saved / ("mturk_%s.scores.jsonl" % name)).write_text(
+            "".join(json.dumps({"human": 0.0, "quals": q}) + "\n" for q in quals))
+    qags_scores = [0.3, 0.2, None, 0.8, 0.1, 0.6]
+
+    class FakeQAGS:
+        def score(self, sources, summaries):
+            assert len(sources) == len(summaries) == n
+            return [SimpleNamespace(score=s) for s in qags_scores]
+
+    class NoEngine:
+        def score(self, *a, **k):
+            raise AssertionError("QUALS must come from the saved folder")
+
+    pipes = Pipelines(NoEngine(), FakeQAGS(), None, [], {}, {"models": models})
+    out = run_correlation(pipes, n, data_dir, log=lambda m: None, quals_scores=saved)
+    assert set(out) == {"QAGS-CNNDM", "QAGS-XSUM"}
+    row = out["QAGS-CNNDM"]
+    h = human["cnndm"]
+    assert row["quals"]["n"] == 5 and row["qags"]["n"] == 5
+    both = [0, 3, 4, 5]
+    assert row["quals (both scored)"]["n"] == row["qags (both scored)"]["n"] == 4
+    want = spearman([quals[i] for i in both], [h[i] for i in both])
+    got = row["quals (both scored)"]["spearman"]
+    assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
+    with pytest.raises(SystemExit, match="fewer"):
+        run_correlation(pipes, 10, data_dir, log=lambda m: None, quals_scores=saved)
