@@ -76,6 +76,14 @@ def _trained(path: Path) -> bool:
     return (Path(path) / "training_info.json").is_file()
 
 
+def _repo_relative(path) -> str:
+    """A path as the report shows it: relative to the checkout when inside it (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def _state(path: Path) -> str:
     info = Path(path) / "training_info.json"
     if not info.is_file():
@@ -83,7 +91,9 @@ def _state(path: Path) -> str:
     d = json.loads(info.read_text())
     opts = d.get("options", {})
     total = opts.get("steps") or ("%s epochs" % opts.get("epochs"))
-    return "trained: step %s of %s, validation loss %.3f" % (d.get("step"), total, d.get("val_loss", float("nan")))
+    earlier = d.get("started_from")
+    after = " (continuing a run stopped at step %s)" % earlier.get("step") if earlier else ""
+    return "trained: step %s of %s%s, validation loss %.3f" % (d.get("step"), total, after, d.get("val_loss", float("nan")))
 
 
 def prepare_models(cache_dir: Path, quals: Optional[str] = None, qg: Optional[str] = None,
@@ -184,7 +194,7 @@ def build_pipelines(models: Dict[str, Path], threads: int = 1, backend: str = "t
     quals_note = _state(models["quals"])
     infos = [ModelInfo("QUALS QAGen (quals-fast and QUALS reference)", str(models["quals"]), _param_count(ref_model),
                        _trained(models["quals"]), quals_note)]
-    settings = {"threads": threads, "backend": backend, "engine_model": engine_dir,
+    settings = {"threads": threads, "backend": backend, "engine_model": _repo_relative(engine_dir),
                 "quals_generation": asdict(engine.generation),
                 "quals_selection_max_pairs": engine.selection.max_pairs,
                 "quals_max_source_tokens": min(engine.rescoring.max_source_tokens,
@@ -631,7 +641,7 @@ def write_report(results: dict, p_infos: List[ModelInfo], settings: dict, machin
         "|---|---|---|---|",
     ]
     for m in p_infos:
-        lines.append("| %s | `%s` | %.1f M | %s |" % (m.role, m.path, m.params / 1e6, m.note))
+        lines.append("| %s | `%s` | %.1f M | %s |" % (m.role, _repo_relative(m.path), m.params / 1e6, m.note))
     lines += [
         "",
         "An untrained model's output lengths are arbitrary: an untrained QAGen tends to run its beams towards "
