@@ -83,7 +83,7 @@ def mle(a) -> Path:
     examples = [{"source": d["source"], "positive": d["summary"], "negative": None} for d in docs]
     opts = FinetuneOptions(lr=a.mle_lr, epochs=a.mle_epochs, batch_size=a.mle_batch_size, label_smoothing=0.1,
                            clip_norm=1.0, warmup_steps=a.mle_warmup, max_source_len=a.max_source_len,
-                           max_target_len=a.max_target_len, save_every=100, seed=a.seed)
+                           max_target_len=a.max_target_len, save_every=a.mle_save_every, seed=a.seed)
     log("mle: %d documents, %s" % (len(examples), opts))
     return finetune(model.to(a.device), tok, examples, a.out / "mle", opts, resume=True)
 
@@ -243,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--mle-epochs", type=float, default=5)
     p.add_argument("--mle-batch-size", type=int, default=16)
     p.add_argument("--mle-warmup", type=int, default=50)
+    p.add_argument("--mle-save-every", type=int, default=25, help="checkpoint the MLE run every N steps")
     p.add_argument("--metrics", default="quals,rouge", help="CONSEQ rankings to run (default: quals,rouge)")
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--qags-qg", default=None, help="QAGS question-generation model folder (QAGS column)")

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "quals_fast.training.qagen_eval",
     "quals_fast.training.qg",
     "quals_fast.training.qa",
+    "quals_fast.training.qags_eval",
     "quals_fast.bench_cli",
     "quals_fast.training.conseq",
     "quals_fast.export",

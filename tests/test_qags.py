@@ -190,3 +190,15 @@ def test_recipe_trains_and_loads_into_qags(task, tiny_squad, tmp_path):
     assert qagen.qagen_loss.__module__ == qagen.__name__
     assert qagen_data.build_paragraphs.__module__ == qagen_data.__name__
     assert warmstart.build_warmstart_model.__module__ == warmstart.__name__
+
+
+def test_eval_qags_models_on_fixtures(tiny_squad, tiny_model_dir, tiny_qa_dir):
+    from quals_fast.training.qags_eval import evaluate_qags_models
+
+    out = evaluate_qags_models(tiny_model_dir, tiny_qa_dir, tiny_squad, paragraphs=1)
+    assert out["paragraphs"] == 1
+    assert out["qg"]["answers"] >= 1 and 0.0 < out["qg"]["distinct_question_share"] <= 1.0
+    assert out["qa"]["questions"] >= out["qg"]["answers"]
+    assert 0.0 <= out["qa"]["exact_match"] <= out["qa"]["f1"] <= 100.0
+    with pytest.raises(ValueError, match="give a question generator"):
+        evaluate_qags_models(None, None, tiny_squad)
