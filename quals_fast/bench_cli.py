@@ -462,13 +462,27 @@ def _saved_quals(folder: Path, filename: str, n: int) -> List[Optional[float]]:
     return [r["quals"] for r in rows[:n]]
 
 
-def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_scores=None) -> dict:
+def _qags_cache(path: Optional[Path], models: dict) -> dict:
+    """Per-item QAGS saved by an earlier run of the same QG and QA models ({} when none)."""
+    if path is None or not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    same = saved.get("models") == {r: _repo_relative(models[r]) for r in ("qg", "qa")}
+    return saved.get("scores", {}) if same else {}
+
+
+def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_scores=None, qags_scores=None) -> dict:
     """QUALS and QAGS against the human scores on the first n (0: all) summaries of each file,
     each over the summaries it scored, and both over the summaries both scored. `quals_scores`:
     an `eval-correlation` output folder (same default model, same files) whose per-item QUALS is
-    reused instead of scoring again."""
+    reused instead of scoring again. `qags_scores`: a JSON file of per-item QAGS, reused when it
+    was written for the same QG and QA models and covers the items, else (re)written after each
+    dataset, since QAGS is the slow half of this measurement."""
     from quals_fast.evaluation import DATASETS, load_qags
 
+    models = p.spec["models"]
+    qags_file = Path(qags_scores) if qags_scores is not None else None
+    qags_saved = _qags_cache(qags_file, models)
     out = {}
     for name, filename in DATASETS.items():
         items = load_qags(Path(data_dir) / "qags" / filename)[: n or None]
@@ -477,10 +491,17 @@ def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_sc
         scores = {}
         if quals_scores is not None:
             scores["quals"] = _saved_quals(quals_scores, filename, len(items))
-        elif _trained(p.spec["models"]["quals"]):
+        elif _trained(models["quals"]):
             scores["quals"] = [r.score for r in p.engine.score(src, summ, batch_size=4)]
-        if _trained(p.spec["models"]["qg"]) and _trained(p.spec["models"]["qa"]):
-            scores["qags"] = [r.score for r in p.qags.score(src, summ)]
+        if _trained(models["qg"]) and _trained(models["qa"]):
+            if len(qags_saved.get(name, [])) >= len(items):
+                scores["qags"] = qags_saved[name][: len(items)]
+            else:
+                scores["qags"] = [r.score for r in p.qags.score(src, summ)]
+                if qags_file is not None:
+                    qags_saved[name] = scores["qags"]
+                    qags_file.write_text(json.dumps({"models": {r: _repo_relative(models[r]) for r in ("qg", "qa")},
+                                                     "scores": qags_saved}, indent=1), encoding="utf-8")
         out[name] = {metric: correlations(v, human) for metric, v in scores.items()}
         if len(scores) == 2:
             both = [i for i in range(len(items)) if all(v[i] is not None for v in scores.values())]
@@ -730,6 +751,9 @@ def register_cli(subparsers):
                    help="also measure agreement with human judgments on N QAGS summaries per dataset (0 = all)")
     p.add_argument("--quals-scores", default=None, metavar="DIR",
                    help="with --correlation: reuse the per-item QUALS of an eval-correlation run of the same model")
+    p.add_argument("--qags-scores", default=None, metavar="FILE",
+                   help="with --correlation: per-item QAGS cache (JSON), reused when written for the same QG and QA "
+                        "models, else written")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     return p
 
@@ -757,7 +781,8 @@ def _run_cli(args) -> int:
     results = run_suite(pipes, preset, args.data_dir, log)
     n_corr = args.correlation if args.correlation is not None else preset.correlation
     if args.correlation is not None or n_corr:
-        results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log, args.quals_scores)
+        results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log, args.quals_scores,
+                                                 args.qags_scores)
     results["notes"] = list(args.note)
     machine = machine_state()
     out = Path(args.output)

@@ -93,3 +93,41 @@ def test_bench_correlation_reuses_saved_quals_and_compares_on_common_items(tmp_p
     assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want)
     with pytest.raises(SystemExit, match="fewer"):
         run_correlation(pipes, 10, data_dir, log=lambda m: None, quals_scores=saved)
+
+
+def test_bench_correlation_caches_qags_per_model(tmp_path, data_dir):
+    """`--qags-scores FILE`: QAGS is scored once, written, and reused only for the same QG/QA models."""
+    from types import SimpleNamespace
+
+    from quals_fast.bench_cli import Pipelines, run_correlation
+
+    models = {}
+    for role in ("quals", "qg", "qa"):
+        models[role] = tmp_path / role
+        models[role].mkdir()
+        (models[role] / "training_info.json").write_text("{}")
+    calls = []
+
+    class FakeQAGS:
+        def score(self, sources, summaries):
+            calls.append(len(sources))
+            return [SimpleNamespace(score=0.1 * (i % 4)) for i in range(len(sources))]
+
+    class NoEngine:
+        def score(self, sources, summaries, batch_size=4):
+            return [SimpleNamespace(score=0.2 * (i % 3)) for i in range(len(sources))]
+
+    cache = tmp_path / "qags.json"
+    pipes = Pipelines(NoEngine(), FakeQAGS(), None, [], {}, {"models": models})
+    first = run_correlation(pipes, 5, data_dir, log=lambda m: None, qags_scores=cache)
+    assert calls == [5, 5] and cache.is_file()
+    assert run_correlation(pipes, 4, data_dir, log=lambda m: None, qags_scores=cache) == \
+        run_correlation(pipes, 4, data_dir, log=lambda m: None)   # from the cache: same figures
+    assert calls == [5, 5, 4, 4]   # only the uncached call scored
+    assert first["QAGS-XSUM"]["qags"]["n"] == 5
+    run_correlation(pipes, 6, data_dir, log=lambda m: None, qags_scores=cache)   # cache too short
+    assert calls[-2:] == [6, 6]
+    other = dict(models, qg=tmp_path / "quals")
+    run_correlation(Pipelines(NoEngine(), FakeQAGS(), None, [], {}, {"models": other}), 4, data_dir,
+                    log=lambda m: None, qags_scores=cache)   # other generator: scored again
+    assert calls[-2:] == [4, 4]
