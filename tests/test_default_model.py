@@ -40,12 +40,21 @@ def test_default_model_separator_and_size():
     assert size <= 100 * 2**20
 
 
+SWAPS = ("boxing", "football", "takeover", "summit")
+
+
 @pytest.mark.xfail(strict=False, reason="issue 3: the embedded model is under-trained (see its model card); "
-                                        "the swapped boxing summary does not yet score clearly lower")
+                                        "swapped summaries do not yet score clearly lower")
 def test_swapped_roles_score_lower(scores):
-    faithful, swapped = scores["boxing-faithful"].score, scores["boxing-swapped"].score
-    assert faithful is not None and swapped is not None
-    assert faithful > swapped + 0.5
+    """Each topic has a faithful summary and one that swaps who did what (examples/pairs.jsonl).
+    "Clearly lower": every swapped summary below its faithful one, by 0.25 nats/token on average."""
+    gaps = {}
+    for topic in SWAPS:
+        faithful, swapped = scores[topic + "-faithful"].score, scores[topic + "-swapped"].score
+        assert faithful is not None and swapped is not None, topic
+        gaps[topic] = faithful - swapped
+    assert all(g > 0 for g in gaps.values()), gaps
+    assert sum(gaps.values()) / len(gaps) >= 0.25, gaps
 
 
 def test_answer_filter_searches_the_summary_as_decoded():
