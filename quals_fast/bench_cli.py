@@ -594,11 +594,11 @@ def where_time_goes(results: dict, settings: dict) -> List[str]:
         out.append(
             "- QAGS: question generation %.0f%%, QA on the summary %.0f%%, QA on the source %.0f%%, answer "
             "extraction %.0f%%; it decodes up to %d answers x %d beams x ~%d steps = ~%d decoder rows per summary "
-            "(%.1fx fewer than QUALS), then runs the QA encoder over every source window once per question." % (
+            "(%.1fx QUALS's bound), then runs the QA encoder over every source window once per question." % (
                 100 * prof["qags"].get("question_generation", 0) / a_total,
                 100 * prof["qags"].get("qa_summary", 0) / a_total, 100 * prof["qags"].get("qa_source", 0) / a_total,
                 100 * prof["qags"].get("answers", 0) / a_total, settings.get("qags_max_answers", 10),
-                qg.get("num_beams", 10), max(1, qg.get("max_question_len", 1) - 1), a_rows, q_rows / a_rows))
+                qg.get("num_beams", 10), max(1, qg.get("max_question_len", 1) - 1), a_rows, a_rows / q_rows))
         if results["quals_vs_qags"]["ratio"] < 55:
             out.append(
                 "- So at equal model scale the two pipelines ask for work of the same order: QUALS saves the QA "
