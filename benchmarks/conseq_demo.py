@@ -111,7 +111,8 @@ def models(a) -> dict:
     found = {"mle": a.out / "mle" / "model"}
     for metric in a.metrics:
         found["conseq-" + metric] = a.out / ("conseq-" + metric) / "model"
-    return {k: v for k, v in found.items() if (v / "conseq_done.json").is_file()}
+    wanted = a.eval_models or list(found)
+    return {k: v for k, v in found.items() if k in wanted and (v / "conseq_done.json").is_file()}
 
 
 def summarize(a, name: str, model_dir: Path) -> list:
@@ -246,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--mle-save-every", type=int, default=25, help="checkpoint the MLE run every N steps")
     p.add_argument("--metrics", default="quals,rouge", help="CONSEQ rankings to run (default: quals,rouge)")
     p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--eval-models", default="",
+                   help="evaluate: comma-separated subset of mle,conseq-quals,conseq-rouge (default: all trained), "
+                        "so that separate processes can evaluate different models at once")
     p.add_argument("--qags-qg", default=None, help="QAGS question-generation model folder (QAGS column)")
     p.add_argument("--qags-qa", default=None, help="QAGS extractive-QA model folder (QAGS column)")
     p.add_argument("--reward-batch-size", type=int, default=8, help="reward-cost: summaries per call")
@@ -257,6 +261,7 @@ def main(argv=None) -> int:
         rest = rest[1:]
     a.conseq_args = rest  # anything else goes to `quals-fast conseq` unchanged
     a.metrics = [m for m in a.metrics.split(",") if m]
+    a.eval_models = [m for m in a.eval_models.split(",") if m]
     if a.threads:
         import torch
 
