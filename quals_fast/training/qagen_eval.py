@@ -22,6 +22,14 @@ def _bleu(hypotheses, references):
     return sacrebleu.corpus_bleu(hypotheses, streams, lowercase=True).score
 
 
+def print_report(result: dict, output=None) -> None:
+    """Print an evaluation's JSON and, when asked, keep it in a file (the model card quotes it)."""
+    text = json.dumps(result, indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
 def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source_tokens=512, progress=True):
     from tqdm.auto import tqdm
 
@@ -73,10 +81,7 @@ def register_cli(subparsers):
             raise SystemExit("eval-qagen: --paragraphs must be >= 1")
         result = evaluate_qagen(args.model, args.data_dir, args.paragraphs, args.batch_size,
                                 progress=not args.no_progress)
-        text = json.dumps(result, indent=2)
-        if args.output:
-            Path(args.output).write_text(text + "\n", encoding="utf-8")
-        print(text)
+        print_report(result, args.output)
         return 0
 
     p.set_defaults(func=run)

@@ -10,11 +10,10 @@ For evenly spaced dev-b paragraphs, run each model as the QAGS reference runs it
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .qagen_data import VALID_FILE, read_squad
-from .qagen_eval import _bleu
+from .qagen_eval import _bleu, print_report
 
 
 def _pick(data_dir, paragraphs: int):
@@ -90,10 +89,7 @@ def register_cli(subparsers):
             result = evaluate_qags_models(args.qg_model, args.qa_model, args.data_dir, args.paragraphs, args.device)
         except ValueError as exc:
             raise SystemExit("eval-qags-models: %s" % exc)
-        text = json.dumps(result, indent=2)
-        if args.output:
-            Path(args.output).write_text(text + "\n", encoding="utf-8")
-        print(text)
+        print_report(result, args.output)
         return 0
 
     p.set_defaults(func=run)
