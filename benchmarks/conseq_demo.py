@@ -115,13 +115,31 @@ def models(a) -> dict:
     return {k: v for k, v in found.items() if k in wanted and (v / "conseq_done.json").is_file()}
 
 
+def heldout_docs(a) -> list:
+    """The held-out documents to evaluate on: all of them, or --eval-docs of them taken equally
+    from each corpus (heldout.jsonl holds one corpus after the other)."""
+    from quals_fast.training.conseq import read_jsonl
+
+    docs = read_jsonl(a.out / "heldout.jsonl")
+    if not a.eval_docs:
+        return docs
+    per = a.eval_docs // len(CORPORA)
+    picked = []
+    for name in CORPORA:
+        prefix = name.split("_")[0] + "-"
+        picked += [d for d in docs if d["id"].startswith(prefix)][:per]
+    return picked
+
+
 def summarize(a, name: str, model_dir: Path) -> list:
     from quals_fast.training.conseq import generate_summaries, load_summarizer, read_jsonl
 
     path = a.out / "eval" / (name + ".outputs.jsonl")
     if path.is_file():
-        return read_jsonl(path)
-    docs = read_jsonl(a.out / "heldout.jsonl")
+        done = read_jsonl(path)
+        if [o["id"] for o in done] == [d["id"] for d in heldout_docs(a)]:
+            return done
+    docs = heldout_docs(a)
     model, tok = load_summarizer(model_dir, a.device)
     out = []
     for i in range(0, len(docs), a.eval_batch_size):
@@ -247,6 +265,8 @@ def main(argv=None) -> int:
     p.add_argument("--mle-save-every", type=int, default=25, help="checkpoint the MLE run every N steps")
     p.add_argument("--metrics", default="quals,rouge", help="CONSEQ rankings to run (default: quals,rouge)")
     p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--eval-docs", type=int, default=0,
+                   help="evaluate on this many held-out documents, half from each corpus (default 0: all)")
     p.add_argument("--eval-models", default="",
                    help="evaluate: comma-separated subset of mle,conseq-quals,conseq-rouge (default: all trained), "
                         "so that separate processes can evaluate different models at once")
