@@ -234,3 +234,22 @@ def test_help_documents_the_recipe(capsys):
     text = capsys.readouterr().out
     for needle in ("LOWEST", "--neg-ratio", "--pos-ratio", "unlikelihood", "--metric", "--resume", "--shard", "3e-6"):
         assert needle in text
+
+
+def test_score_stage_onnx_backend_matches_torch(tmp_path, tiny_model_dir, data):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'quals-fast[onnx]')")
+    from quals_fast.export import export_onnx
+
+    onnx_dir = tmp_path / "onnx"
+    export_onnx(tiny_model_dir, onnx_dir, validate=False)
+    torch_run, onnx_run = tmp_path / "torch", tmp_path / "onnx-run"
+    assert conseq(data, tiny_model_dir, torch_run, "--stages", "sample,score") == 0
+    onnx_run.mkdir()
+    (onnx_run / "samples.jsonl").write_text((torch_run / "samples.jsonl").read_text())
+    assert conseq(data, tiny_model_dir, onnx_run, "--stages", "score", "--resume",
+                  "--backend", "onnx", "--qagen", str(onnx_dir)) == 0
+    expected, got = read_jsonl(torch_run / "scores.jsonl"), read_jsonl(onnx_run / "scores.jsonl")
+    assert [r["doc"] for r in got] == [r["doc"] for r in expected]
+    for e, g in zip(expected, got):
+        for x, y in zip([e["reference"]] + e["samples"], [g["reference"]] + g["samples"]):
+            assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4)

@@ -584,7 +584,7 @@ class Run:
         from quals_fast.score_cli import stage_options_from_args
         from quals_fast.scorer import QualsScorer
 
-        scorer = QualsScorer(a.qagen, device=a.device, **stage_options_from_args(a))
+        scorer = QualsScorer(a.qagen, backend=a.backend, device=a.device, **stage_options_from_args(a))
         for res in scorer.iter_scores(sources, summaries, batch_size=a.score_batch_size, on_error="report"):
             yield res.score
 
@@ -629,6 +629,7 @@ class Run:
 
 
 def register_cli(subparsers):
+    from quals_fast.backends import BACKENDS
     from quals_fast.score_cli import add_stage_flags
 
     p = subparsers.add_parser("conseq", help="CONSEQ: contrastive fine-tuning of a summarizer with QUALS",
@@ -656,6 +657,8 @@ def register_cli(subparsers):
     g.add_argument("--max-source-len", type=int, default=512, help="summarizer source tokens incl. EOS (default 512)")
     g = p.add_argument_group("step 3: scoring (QUALS flags below are those of `quals-fast score`)")
     g.add_argument("--score-batch-size", type=int, default=8, help="summaries decoded together (default 8)")
+    g.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="QUALS backend (default torch; onnx is exact and faster on CPU, see docs/BACKENDS.md)")
     g = p.add_argument_group("step 4: contrastive set")
     g.add_argument("--neg-ratio", type=float, default=0.3, help="keep negatives among the lowest fraction (default 0.3)")
     g.add_argument("--pos-ratio", type=float, default=0.3,
