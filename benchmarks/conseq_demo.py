@@ -175,44 +175,81 @@ def evaluate(a) -> None:
             continue
         outs = summarize(a, name, model_dir)
         sources, summaries = [o["source"] for o in outs], [o["summary"] for o in outs]
-        metrics = {"model": name, "documents": len(outs)}
+        # Per-document figures are kept so that the table can pair documents across models.
+        per_doc = [{"id": o["id"]} for o in outs]
         rs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-        for key in ("rouge1", "rouge2", "rougeL"):
-            metrics[key] = float(np.mean([rs.score(o["reference"], o["summary"])[key].fmeasure for o in outs]))
+        for rec, o in zip(per_doc, outs):
+            got = rs.score(o["reference"], o["summary"])
+            rec.update({key: got[key].fmeasure for key in ("rouge1", "rouge2", "rougeL")})
         scorer = scorer or QualsScorer(a.qagen, device=a.device)
-        quals = [r.score for r in scorer.score(sources, summaries, batch_size=8, on_error="report", progress=True)]
-        scored = [q for q in quals if q is not None]
-        metrics["quals_mean"] = float(np.mean(scored)) if scored else None
-        metrics["quals_no_pair_share"] = 1 - len(scored) / len(quals)
-        metrics["entity_absent_share"] = metrics["qags"] = None
+        for rec, r in zip(per_doc, scorer.score(sources, summaries, batch_size=8, on_error="report", progress=True)):
+            rec["quals"] = r.score
         try:
             from quals_fast.reference.qags import load_spacy
 
-            nlp = load_spacy()
-            metrics["entity_absent_share"] = float(np.mean(entity_absent(nlp, sources, summaries)))
+            for rec, flag in zip(per_doc, entity_absent(load_spacy(), sources, summaries)):
+                rec["entity_absent"] = float(flag)
         except (ImportError, OSError) as exc:
             log("entity check skipped: %s" % exc)
         if a.qags_qg and a.qags_qa:
             from quals_fast.reference.qags import QAGS
 
-            qags = [r.score for r in QAGS(a.qags_qg, a.qags_qa, a.device).score(sources, summaries)]
-            metrics["qags"] = float(np.mean([q for q in qags if q is not None])) if any(q is not None for q in qags) else None
+            for rec, r in zip(per_doc, QAGS(a.qags_qg, a.qags_qa, a.device).score(sources, summaries)):
+                rec["qags"] = r.score
+        write_jsonl(a.out / "eval" / (name + ".scores.jsonl"), per_doc)
+        metrics = {"model": name, "documents": len(outs)}
+        for key in METRICS:
+            values = [rec[key] for rec in per_doc if rec.get(key) is not None]
+            metrics[key + "_mean"] = float(np.mean(values)) if values else None
+        metrics["quals_no_pair_share"] = sum(rec["quals"] is None for rec in per_doc) / len(per_doc)
         path.write_text(json.dumps(metrics, indent=2))
         log("evaluate %s: %s" % (name, metrics))
 
 
+# Per-document metrics of the evaluation, in table order, with their column titles.
+METRICS = {"quals": "QUALS", "rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L", "entity_absent": "entity absent",
+           "qags": "QAGS"}
+
+
+def paired_difference(base: dict, other: dict, key: str, rounds: int = 2000, seed: int = 0):
+    """Mean of other - base over the documents both score, with a 95% bootstrap interval
+    (documents resampled): a difference whose interval spans 0 is not distinguishable from noise."""
+    diffs = np.array([other[i][key] - base[i][key] for i in base
+                      if i in other and base[i].get(key) is not None and other[i].get(key) is not None])
+    if not len(diffs):
+        return None
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(rounds, len(diffs)))].mean(axis=1)
+    return float(diffs.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), len(diffs)
+
+
 def table(a) -> None:
+    from quals_fast.training.conseq import read_jsonl
+
     rows = [json.loads(p.read_text()) for p in sorted((a.out / "eval").glob("*.json"))]
     order = {"mle": 0, "conseq-quals": 1, "conseq-rouge": 2}
     rows.sort(key=lambda r: order.get(r["model"], 9))
-    cols = [("model", "model"), ("quals_mean", "QUALS"), ("quals_no_pair_share", "no QA pair"), ("rouge1", "R-1"),
-            ("rouge2", "R-2"), ("rougeL", "R-L"), ("entity_absent_share", "entity absent"), ("qags", "QAGS")]
+    cols = [("model", "model"), ("documents", "documents")] + [(k + "_mean", t) for k, t in METRICS.items()]
+    cols.insert(3, ("quals_no_pair_share", "no QA pair"))
 
     def cell(v):
         return "n/a" if v is None else ("%.4f" % v if isinstance(v, float) else str(v))
 
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |" for r in rows]
+    per_doc = {r["model"]: {d["id"]: d for d in read_jsonl(a.out / "eval" / (r["model"] + ".scores.jsonl"))}
+               for r in rows if (a.out / "eval" / (r["model"] + ".scores.jsonl")).is_file()}
+    if "mle" in per_doc and len(per_doc) > 1:
+        lines += ["", "Paired difference from MLE, mean over documents [95% bootstrap interval]:", "",
+                  "| model | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+        for name, docs in per_doc.items():
+            if name == "mle":
+                continue
+            cells = []
+            for key in METRICS:
+                d = paired_difference(per_doc["mle"], docs, key)
+                cells.append("n/a" if d is None else "%+.4f [%+.4f, %+.4f]" % d[:3])
+            lines.append("| %s | %s |" % (name, " | ".join(cells)))
     (a.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
