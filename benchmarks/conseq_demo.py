@@ -194,7 +194,7 @@ def evaluate(a) -> None:
         if a.qags_qg and a.qags_qa:
             from quals_fast.reference.qags import QAGS
 
-            for rec, r in zip(per_doc, QAGS(a.qags_qg, a.qags_qa, a.device).score(sources, summaries)):
+            for rec, r in zip(per_doc, QAGS(a.qags_qg, a.qags_qa, a.device).score(sources, summaries, progress=True)):
                 rec["qags"] = r.score
         write_jsonl(a.out / "eval" / (name + ".scores.jsonl"), per_doc)
         metrics = {"model": name, "documents": len(outs)}

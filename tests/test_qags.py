@@ -110,7 +110,7 @@ def tiny_qa_dir(tiny_model_dir, tmp_path_factory):
     return build_random_qa(tmp_path_factory.mktemp("tiny_qa"), _tiny_tokenizer(tiny_model_dir))
 
 
-def test_qags_end_to_end(nlp, tiny_model_dir, tiny_qa_dir):
+def test_qags_end_to_end(nlp, tiny_model_dir, tiny_qa_dir, capsys):
     qags = QAGS(tiny_model_dir, tiny_qa_dir, nlp=nlp)
     qags.qg.options.num_beams = 4
     qags.qg.options.max_question_len = 8
@@ -129,6 +129,10 @@ def test_qags_end_to_end(nlp, tiny_model_dir, tiny_qa_dir):
             assert 0.0 <= q.f1 <= 1.0
         assert res.score is None or 0.0 <= res.score <= 1.0
     assert set(qags.timings) >= {"answers", "question_generation", "qa_summary", "qa_source"}
+    # The progress bars (one per model stage, on stderr) change nothing in the results.
+    assert [r.score for r in qags.score(sources, summaries, progress=True)] == [r.score for r in results]
+    err = capsys.readouterr().err
+    assert all(name in err for name in ("QAGS questions", "QAGS QA on summaries", "QAGS QA on sources"))
     # Without the filter every question counts.
     qags.filter_unanswerable = False
     assert all(r.score is not None for r in qags.score(sources, summaries))

