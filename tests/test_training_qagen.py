@@ -181,6 +181,37 @@ def test_collate_layout(warm):
     assert qagen_data.epoch_order(paras, 1, 0) == qagen_data.epoch_order(paras, 1, 0)
 
 
+def test_sentence_spans():
+    text = 'He won in 1990. "It was fine," she said! Then what? 2001 came. ok end'
+    spans = qagen_data.sentence_spans(text)
+    assert [text[a:b] for a, b in spans] == [
+        "He won in 1990.", '"It was fine," she said!', "Then what?", "2001 came. ok end"]
+    assert qagen_data.sentence_spans("no end") == [(0, 6)]
+
+
+def test_short_paragraphs_hold_each_question_once_with_its_answer(warm):
+    _needs_data()
+    _, tok = warm
+    files = [DATA / qagen_data.VALID_FILE]
+    full = qagen_data.build_paragraphs(files, tok, 30522, 512, 64, max_paragraphs=12)
+    one = qagen_data.build_short_paragraphs(files, tok, 30522, 512, 64, 12, max_sentences=1, seed=0)
+    three = qagen_data.build_short_paragraphs(files, tok, 30522, 512, 64, 12, max_sentences=3, seed=0)
+    n_questions = sum(len(p.targets) for p in full)
+    for short in (one, three):
+        targets = sorted(t for p in short for t in p.targets)
+        assert targets == sorted(t for p in full for t in p.targets)  # every question, once
+        for p in short:
+            assert p.source[-1] == 102
+            src = tok.decode(p.source[:-1])
+            for t in p.targets:
+                assert tok.decode(t[t.index(30522) + 1:]) in src
+    mean_len = lambda ps: sum(len(p.source) for p in ps) / len(ps)
+    assert mean_len(one) < mean_len(three) < mean_len(full)
+    assert len(one) <= n_questions
+    again = qagen_data.build_short_paragraphs(files, tok, 30522, 512, 64, 12, max_sentences=3, seed=0)
+    assert [(p.source, p.targets) for p in again] == [(p.source, p.targets) for p in three]
+
+
 # --- recipe ----------------------------------------------------------------------------------
 
 def _opts(out, **kw):
@@ -228,11 +259,32 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path):
         qagen.train_qagen(_opts(b))  # checkpoints exist: refuse to silently restart
     with pytest.raises(ValueError, match="different training options"):
         qagen.train_qagen(_opts(b, resume=True, lr=1e-3))
+    # A run folder written before an option existed resumes with that option's default.
+    opts_file = b / "options.json"
+    written = json.loads(opts_file.read_text())
+    del written["short_context_sentences"]
+    opts_file.write_text(json.dumps(written))
     qagen.train_qagen(_opts(b, resume=True))
     sa, sb = _ckpt_state(a, 6), _ckpt_state(b, 6)
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_short_contexts_add_training_inputs(tmp_path, warm):
+    _needs_data()
+    _minilm_dir()
+    out = tmp_path / "s"
+    qagen.train_qagen(_opts(out, steps=2, eval_every=2, save_every=2, short_context_sentences=2))
+    start = next(json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"start"' in l)
+    paras = qagen_data.build_paragraphs([DATA / f for f in qagen_data.TRAIN_FILES], warm[1], 30522, 48, 24, 3)
+    plain = sum(len(p.targets) for p in paras)
+    # The same 3 paragraphs' questions once more, with short inputs (the located ones).
+    assert plain < start["train_questions"] <= 2 * plain
+    from quals_fast.training import qg
+
+    with pytest.raises(ValueError, match="short_context_sentences"):
+        qagen.train_qagen(_opts(tmp_path / "q", short_context_sentences=2), qg.QG_RECIPE)
 
 
 def test_init_from_continues_a_trained_model(tmp_path):
@@ -266,6 +318,7 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(dtype="int8"), "dtype"),
         (dict(device="tpu"), "device"),
         (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(short_context_sentences=-1), "short_context_sentences"),
         (dict(cross_attention_init="zeros"), "cross_attention_init"),
         (dict(data_dir="/nonexistent"), "lacks"),
     ],

@@ -47,6 +47,7 @@ class TrainQAGenOptions:
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorms)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
+    short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
@@ -71,7 +72,7 @@ class TrainQAGenOptions:
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
-        "train_limit",
+        "train_limit", "short_context_sentences",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -89,7 +90,7 @@ class TrainQAGenOptions:
         for name in ("batch_size", "decoder_layers", "threads", "val_batch_size", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit"):
+        for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit", "short_context_sentences"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -221,9 +222,12 @@ class Recipe:
     build_paragraphs: Callable     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
     collate: Callable              # (paragraphs, [(paragraph, target)], options) -> batch dict
     loss: Callable                 # (model, batch, device, label_smoothing=, reduction=) -> (loss, count)
+    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit, max_sentences, seed) -> [Paragraph]
+    build_short_paragraphs: Optional[Callable] = None
 
 
-QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss)
+QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
+                      qagen_data.build_short_paragraphs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +309,10 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
     if opt.resume:
         if opts_path.is_file():
             prev = json.loads(opts_path.read_text())
-            diff = {k: (prev.get(k), getattr(opt, k)) for k in TrainQAGenOptions._TRAJECTORY if prev.get(k) != getattr(opt, k)}
+            # A run started before an option existed ran with that option's default.
+            defaults = {f.name: f.default for f in fields(TrainQAGenOptions)}
+            diff = {k: (prev.get(k, defaults[k]), getattr(opt, k)) for k in TrainQAGenOptions._TRAJECTORY
+                    if prev.get(k, defaults[k]) != getattr(opt, k)}
             if diff:
                 raise ValueError(f"--resume with different training options (old, new): {diff}")
     elif ckpts:
@@ -324,11 +331,17 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
 
+    if opt.short_context_sentences and recipe.build_short_paragraphs is None:
+        raise ValueError("short_context_sentences is not supported by this model's recipe")
     model, tok = recipe.build_model(opt)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
     train_paras = recipe.build_paragraphs(
         [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
+    if opt.short_context_sentences:
+        train_paras = train_paras + recipe.build_short_paragraphs(
+            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit,
+            opt.short_context_sentences, opt.seed)
     val_paras = recipe.build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,22 +27,27 @@ class Paragraph:
     targets: list[list[int]]  # question [sep] answer, without the final eos
 
 
-def read_squad(path: Path | str) -> list[tuple[str, list[tuple[str, str]]]]:
-    """[(context, [(question, answer), ...]), ...] in file order; the first gold answer is used
-    (v1.1 dev lists several, usually the same span)."""
+def _squad_items(path: Path | str) -> list[tuple[str, list[tuple[str, str, int]]]]:
+    """[(context, [(question, answer, answer_start), ...]), ...] in file order; the first gold
+    answer is used (v1.1 dev lists several, usually the same span)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     out = []
     for article in data["data"]:
         for para in article["paragraphs"]:
             qas = [
-                (qa["question"], qa["answers"][0]["text"])
+                (qa["question"], qa["answers"][0]["text"], int(qa["answers"][0].get("answer_start", -1)))
                 for qa in para["qas"]
                 if qa.get("answers") and qa["question"].strip() and qa["answers"][0]["text"].strip()
             ]
             if qas:
                 out.append((para["context"], qas))
     return out
+
+
+def read_squad(path: Path | str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(context, [(question, answer), ...]), ...] in file order (the first gold answer)."""
+    return [(c, [(q, a) for q, a, _ in qas]) for c, qas in _squad_items(path)]
 
 
 def build_paragraphs(
@@ -68,6 +74,79 @@ def build_paragraphs(
             k += 1
         paras.append(Paragraph(c[: max_source_len - 1] + [EOS_ID], tgts))
     return paras
+
+
+# A sentence ends at . ! or ? (and any closing quote/bracket) before whitespace and an upper-case
+# letter, digit or opening quote. Crude: an abbreviation before a capital ("the U.S. Army") splits
+# wrongly, which only shortens one training input.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of `text` (together they cover it, whitespace aside)."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        end = m.start() + len(m.group().rstrip())
+        spans.append((start, end))
+        start = m.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def build_short_paragraphs(
+    files: Iterable[Path | str],
+    tokenizer,
+    sep_id: int,
+    max_source_len: int,
+    max_target_len: int,
+    max_paragraphs: int = 0,
+    max_sentences: int = 1,
+    seed: int = 0,
+) -> list[Paragraph]:
+    """Every question once more, with a short input: the sentence(s) holding its answer plus up to
+    `max_sentences` - 1 neighbours (alternately after and before; the count is drawn per question
+    from a seeded generator). QAGen reads summaries of one to a few sentences when it generates,
+    and paragraphs (~150 tokens) are all SQuAD gives it otherwise. Questions whose inputs coincide
+    share one `Paragraph`; questions whose answer cannot be located are left out."""
+    rng = np.random.default_rng([seed, 1])
+    raw = [pq for path in files for pq in _squad_items(path)]
+    if max_paragraphs:
+        raw = raw[:max_paragraphs]
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    texts, questions, answers = [], [], []
+    for p, (context, qas) in enumerate(raw):
+        spans = sentence_spans(context)
+        for question, answer, start in qas:
+            answer = answer.strip()
+            if not (0 <= start and context[start : start + len(answer)] == answer):
+                start = context.find(answer)
+            if start < 0:
+                continue
+            end = start + len(answer)
+            hit = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
+            lo, hi = hit[0], hit[-1]
+            extra = int(rng.integers(0, max_sentences))
+            for k in range(extra):
+                if k % 2 == 0 and hi + 1 < len(spans):
+                    hi += 1
+                elif lo > 0:
+                    lo -= 1
+                elif hi + 1 < len(spans):
+                    hi += 1
+            key = (p, lo, hi)
+            if key not in groups:
+                groups[key] = []
+                texts.append(context[spans[lo][0] : spans[hi][1]])
+            groups[key].append(len(questions))
+            questions.append(question.strip())
+            answers.append(answer)
+    src = _ids(tokenizer, texts)
+    qs, ans = _ids(tokenizer, questions), _ids(tokenizer, answers)
+    return [
+        Paragraph(s[: max_source_len - 1] + [EOS_ID], [(qs[k] + [sep_id] + ans[k])[: max_target_len - 1] for k in ks])
+        for s, ks in zip(src, groups.values())
+    ]
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -40,7 +40,8 @@ def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len
     return out
 
 
-QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs)
+# Short inputs are a QAGen augmentation (they hold QAGen targets), so QG runs without them.
+QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs, build_short_paragraphs=None)
 
 
 def train_qg(options: TrainQAGenOptions) -> dict:
