@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "quals_fast.serve",
     "quals_fast.training.qagen",
     "quals_fast.training.qagen_eval",
+    "quals_fast.training.swap_eval",
     "quals_fast.training.qg",
     "quals_fast.training.qa",
     "quals_fast.training.qags_eval",

