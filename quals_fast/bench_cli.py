@@ -471,13 +471,15 @@ def _qags_cache(path: Optional[Path], models: dict) -> dict:
     return saved.get("scores", {}) if same else {}
 
 
-def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_scores=None, qags_scores=None) -> dict:
+def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_scores=None, qags_scores=None,
+                    progress: bool = False) -> dict:
     """QUALS and QAGS against the human scores on the first n (0: all) summaries of each file,
     each over the summaries it scored, and both over the summaries both scored. `quals_scores`:
     an `eval-correlation` output folder (same default model, same files) whose per-item QUALS is
     reused instead of scoring again. `qags_scores`: a JSON file of per-item QAGS, reused when it
     was written for the same QG and QA models and covers the items, else (re)written after each
-    dataset, since QAGS is the slow half of this measurement."""
+    dataset, since QAGS is the slow half of this measurement. `progress`: bars while scoring (this
+    part is not timed)."""
     from quals_fast.evaluation import DATASETS, load_qags
 
     models = p.spec["models"]
@@ -492,12 +494,12 @@ def run_correlation(p: Pipelines, n: int, data_dir=DATA_DIR, log=print, quals_sc
         if quals_scores is not None:
             scores["quals"] = _saved_quals(quals_scores, filename, len(items))
         elif _trained(models["quals"]):
-            scores["quals"] = [r.score for r in p.engine.score(src, summ, batch_size=4)]
+            scores["quals"] = [r.score for r in p.engine.score(src, summ, batch_size=4, progress=progress)]
         if _trained(models["qg"]) and _trained(models["qa"]):
             if len(qags_saved.get(name, [])) >= len(items):
                 scores["qags"] = qags_saved[name][: len(items)]
             else:
-                scores["qags"] = [r.score for r in p.qags.score(src, summ)]
+                scores["qags"] = [r.score for r in p.qags.score(src, summ, progress=progress)]
                 if qags_file is not None:
                     qags_saved[name] = scores["qags"]
                     qags_file.write_text(json.dumps({"models": {r: _repo_relative(models[r]) for r in ("qg", "qa")},
@@ -755,6 +757,7 @@ def register_cli(subparsers):
                    help="with --correlation: per-item QAGS cache (JSON), reused when written for the same QG and QA "
                         "models, else written")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while scoring the correlation sets")
     return p
 
 
@@ -782,7 +785,7 @@ def _run_cli(args) -> int:
     n_corr = args.correlation if args.correlation is not None else preset.correlation
     if args.correlation is not None or n_corr:
         results["correlation"] = run_correlation(pipes, n_corr, args.data_dir, log, args.quals_scores,
-                                                 args.qags_scores)
+                                                 args.qags_scores, progress=not args.no_progress)
     results["notes"] = list(args.note)
     machine = machine_state()
     out = Path(args.output)

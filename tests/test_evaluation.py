@@ -72,7 +72,7 @@ def test_bench_correlation_reuses_saved_quals_and_compares_on_common_items(tmp_p
     qags_scores = [0.3, 0.2, None, 0.8, 0.1, 0.6]
 
     class FakeQAGS:
-        def score(self, sources, summaries):
+        def score(self, sources, summaries, progress=False):
             assert len(sources) == len(summaries) == n
             return [SimpleNamespace(score=s) for s in qags_scores]
 
@@ -106,15 +106,16 @@ def test_bench_correlation_caches_qags_per_model(tmp_path, data_dir):
         models[role] = tmp_path / role
         models[role].mkdir()
         (models[role] / "training_info.json").write_text("{}")
-    calls = []
+    calls, bars = [], []
 
     class FakeQAGS:
-        def score(self, sources, summaries):
+        def score(self, sources, summaries, progress=False):
             calls.append(len(sources))
+            bars.append(progress)
             return [SimpleNamespace(score=0.1 * (i % 4)) for i in range(len(sources))]
 
     class NoEngine:
-        def score(self, sources, summaries, batch_size=4):
+        def score(self, sources, summaries, batch_size=4, progress=False):
             return [SimpleNamespace(score=0.2 * (i % 3)) for i in range(len(sources))]
 
     cache = tmp_path / "qags.json"
@@ -131,3 +132,5 @@ def test_bench_correlation_caches_qags_per_model(tmp_path, data_dir):
     run_correlation(Pipelines(NoEngine(), FakeQAGS(), None, [], {}, {"models": other}), 4, data_dir,
                     log=lambda m: None, qags_scores=cache)   # other generator: scored again
     assert calls[-2:] == [4, 4]
+    run_correlation(pipes, 3, data_dir, log=lambda m: None, progress=True)
+    assert bars[-2:] == [True, True] and not any(bars[:-2])
