@@ -134,3 +134,26 @@ def test_bench_correlation_caches_qags_per_model(tmp_path, data_dir):
     assert calls[-2:] == [4, 4]
     run_correlation(pipes, 3, data_dir, log=lambda m: None, progress=True)
     assert bars[-2:] == [True, True] and not any(bars[:-2])
+
+
+def test_correlation_diff_paired_bootstrap():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "correlation_diff.py"
+    spec = importlib.util.spec_from_file_location("_correlation_diff", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(1)
+    human = rng.random(60)
+    old = [{"human": h, "quals": h + rng.normal(0, 1.0)} for h in human]
+    new = [{"human": h, "quals": h + rng.normal(0, 0.1)} for h in human]
+    new[3]["quals"] = None   # left out of both sides
+    out = mod.paired_difference(old, new, resamples=300, seed=0)
+    assert out["both_scored"] == 59
+    assert out["difference"] == pytest.approx(out["new_pearson"] - out["old_pearson"])
+    lo, hi = out["interval_95"]
+    assert 0 < lo < out["difference"] < hi     # a much less noisy metric: a clearly positive change
+    assert mod.paired_difference(old, old, 50, 0)["interval_95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="different numbers"):
+        mod.paired_difference(old, new[:-1], 10, 0)
