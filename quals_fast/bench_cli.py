@@ -523,8 +523,9 @@ def machine_state() -> dict:
     try:
         ps = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
                             timeout=10).stdout.splitlines()[1:6]
+        # `ps` lists itself, often at a high %CPU (its share over a few milliseconds of life).
         busy = [" ".join(line.split()[1:])[:90] for line in ps if float(line.split()[1]) > 20
-                and str(os.getpid()) != line.split()[0]]
+                and str(os.getpid()) != line.split()[0] and line.split()[2] != "ps"]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         pass
     versions = {"python": platform.python_version(), "torch": torch.__version__,
