@@ -319,6 +319,7 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(device="tpu"), "device"),
         (dict(label_smoothing=1.0), "label_smoothing"),
         (dict(short_context_sentences=-1), "short_context_sentences"),
+        (dict(answer_loss_weight=0.0), "answer_loss_weight"),
         (dict(cross_attention_init="zeros"), "cross_attention_init"),
         (dict(data_dir="/nonexistent"), "lacks"),
     ],
@@ -342,3 +343,27 @@ def test_cli_flags_match_options(tmp_path):
     assert opts.epochs == 1.5 and opts.dtype == "bf16" and opts.resume and not opts.progress and opts.steps is None
     with pytest.raises(SystemExit):
         parser.parse_args(["train-qagen", "--output-dir", "x", "--dtype", "fp8"])
+
+
+def test_answer_weights_cover_the_answer_and_final_eos():
+    sep = 30522
+    labels = torch.tensor([[7, 8, sep, 9, 10, 102, -100], [7, sep, 9, 102, -100, -100, -100]])
+    w = qagen_data.answer_weights(labels, 3.0, sep)
+    assert w.tolist() == [[1, 1, 1, 3, 3, 3, 0], [1, 1, 3, 3, 0, 0, 0]]
+    assert qagen_data.answer_weights(labels, 1.0, sep).tolist() == (labels != -100).float().tolist()
+
+
+def test_answer_loss_weight_changes_training_not_validation(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    opts = _opts(tmp_path / "w", answer_loss_weight=4.0)
+    model, tok = qagen.QAGEN_RECIPE.build_model(opts)
+    model.eval()  # no dropout: the two losses differ by their weights only
+    sep = model.config.qagen_separator_token_id
+    paras = qagen_data.build_paragraphs([DATA / qagen_data.VALID_FILE], tok, sep, 48, 24, 2)
+    items = [(0, 0), (1, 0)]
+    plain, n = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, None), "cpu")
+    weighted, n2 = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, opts), "cpu")
+    assert n == n2 and not torch.isclose(plain, weighted)
+    assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
+        pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))

@@ -47,6 +47,7 @@ class TrainQAGenOptions:
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorms)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
+    answer_loss_weight: float = field(default=1.0, metadata={"help": "weight of the answer tokens (after the separator, with the final [SEP]) in the training loss; QUALS's rescoring rests on how likely the answer is given the question, which is a small share of the target tokens (the logged training loss is the weighted one; validation loss is always unweighted)"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
@@ -72,7 +73,7 @@ class TrainQAGenOptions:
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
-        "train_limit", "short_context_sentences",
+        "train_limit", "short_context_sentences", "answer_loss_weight",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -97,6 +98,8 @@ class TrainQAGenOptions:
             bad(f"lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             bad("weight_decay and max_grad_norm must be >= 0")
+        if not (self.answer_loss_weight > 0 and math.isfinite(self.answer_loss_weight)):
+            bad(f"answer_loss_weight must be a positive number, got {self.answer_loss_weight}")
         if not 0 <= self.label_smoothing < 1:
             bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 2 <= self.max_source_len <= 512:
@@ -180,6 +183,10 @@ def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: st
     labels = b["labels"]
     keep = labels != -100
     logits = model.lm_head(dec[keep]) + model.final_logits_bias.to(dec.dtype)
+    if "answer_loss_weight" in b and reduction == "mean":
+        ce = torch.nn.functional.cross_entropy(logits.float(), labels[keep], label_smoothing=label_smoothing, reduction="none")
+        w = qagen_data.answer_weights(labels, float(b["answer_loss_weight"]), model.config.qagen_separator_token_id)[keep]
+        return (ce * w).sum() / w.sum(), int(keep.sum())
     return torch.nn.functional.cross_entropy(
         logits.float(), labels[keep], label_smoothing=label_smoothing, reduction=reduction
     ), int(keep.sum())
@@ -193,6 +200,7 @@ def evaluate(model, paragraphs, items, batch_size, device, dtype, recipe: "Recip
     total, count = 0.0, 0
     for i in range(0, len(items), batch_size):
         batch = recipe.collate(paragraphs, items[i : i + batch_size], options)
+        batch.pop("answer_loss_weight", None)  # validation is plain NLL, whatever the training weights
         with _autocast(device, dtype):
             loss, n = recipe.loss(model, batch, device, reduction="sum")
         total += float(loss)
@@ -209,7 +217,10 @@ def _build_qagen_model(opt: TrainQAGenOptions):
 
 
 def _collate_qagen(paragraphs, items, opt):
-    return qagen_data.collate(paragraphs, items)
+    batch = qagen_data.collate(paragraphs, items)
+    if opt is not None and opt.answer_loss_weight != 1.0:
+        batch["answer_loss_weight"] = torch.tensor(opt.answer_loss_weight)
+    return batch
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,14 @@ def validation_items(paragraphs, max_examples: int) -> list[tuple[int, int]]:
         n_paras += 1
 
 
+def answer_weights(labels: torch.Tensor, weight: float, sep_id: int) -> torch.Tensor:
+    """Per-label loss weights: `weight` for the answer (the labels after the separator, the final
+    eos included), 1 for the question and the separator; 0 on padding."""
+    is_sep = (labels == sep_id).long()
+    after_sep = (is_sep.cumsum(1) - is_sep) > 0
+    return (1.0 + (float(weight) - 1.0) * after_sep.float()) * (labels != -100)
+
+
 def collate(paragraphs: Sequence[Paragraph], items: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """Encoder tensors hold each distinct paragraph once; `source_index` maps each question row to
     its paragraph row. Decoder input = [eos] + target; labels = target + [eos] (pad = -100)."""
