@@ -8,7 +8,7 @@ import importlib.util
 import os
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +27,9 @@ gen_tables = _load("_qf_gen_unicode", os.path.join(HERE, "tools", "gen_unicode_c
 
 generated_dir = os.path.join(CSRC, "generated")
 gen_tables.write_header(os.path.join(generated_dir, "unicode_case_tables.h"))
+
+# Compile the sources in parallel (all cores unless QUALS_FAST_BUILD_JOBS says otherwise).
+ParallelCompile("QUALS_FAST_BUILD_JOBS", default=0).install()
 
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "bindings", "*.cpp")))
 extra_compile_args = ["-O3"] if sys.platform != "win32" else ["/O2"]

@@ -59,3 +59,35 @@ def test_evaluate_runs_on_fixture(tiny_model_dir, data_dir, monkeypatch):
     if out["scored_pairs"]:
         assert out["mean_gap"] == pytest.approx(item["faithful_score"] - item["swapped_score"])
         assert out["ranked_right"] == float(out["mean_gap"] > 0)
+
+
+def test_pairs_file_is_scored_as_saved(tiny_model_dir, data_dir, tmp_path, capsys):
+    import json
+
+    from quals_fast.cli import main
+
+    pairs = [{"id": "x", "source": "Ann beat Bob in Rome on Monday.", "faithful": "Ann beat Bob.", "swapped": "Bob beat Ann.", "extra": 1},
+             {"id": "y", "source": "Cid met Dee in Oslo.", "faithful": "Cid met Dee.", "swapped": "Dee met Cid."}]
+    f = tmp_path / "pairs.json"
+    f.write_text(json.dumps(pairs))
+    out = tmp_path / "out.json"
+    assert main(["eval-swaps", "--model", str(tiny_model_dir), "--pairs", "1", "--pairs-file", str(f),
+                 "--output", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 1 and [i["id"] for i in result["items"]] == ["x"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"id": "x"}]', "expected a JSON list"),
+    ('{"id": "x"}', "expected a JSON list"),
+    ('[]', "holds 0 pairs, 1 asked for"),
+])
+def test_bad_pairs_file_is_refused(tmp_path, content, message):
+    from quals_fast.cli import main
+
+    f = tmp_path / "pairs.json"
+    f.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        main(["eval-swaps", "--pairs", "1", "--pairs-file", str(f)])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        main(["eval-swaps", "--pairs-file", str(f), "--save-pairs", str(tmp_path / "x.json")])

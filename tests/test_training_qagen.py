@@ -271,6 +271,17 @@ def test_tiny_run_learns_and_resumes_exactly(tmp_path):
         assert torch.equal(sa[k], sb[k]), k
 
 
+def test_time_limit_stops_with_a_checkpoint_and_best(tmp_path):
+    _needs_data()
+    out = tmp_path / "t"
+    summary = qagen.train_qagen(_opts(out, max_minutes=1e-6, eval_every=0, save_every=0))
+    assert summary["step"] == 1 and summary["best_dir"]
+    assert (out / "checkpoints" / "step-1" / "model.safetensors").is_file()
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "time_limit" in events and events[-1] == "stopped"
+    assert qagen.train_qagen(_opts(out, resume=True))["step"] == 6  # the time limit is not part of the trajectory
+
+
 def test_short_contexts_add_training_inputs(tmp_path, warm):
     _needs_data()
     _minilm_dir()
@@ -320,6 +331,8 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(label_smoothing=1.0), "label_smoothing"),
         (dict(short_context_sentences=-1), "short_context_sentences"),
         (dict(answer_loss_weight=0.0), "answer_loss_weight"),
+        (dict(max_minutes=0.0), "max_minutes"),
+        (dict(max_minutes=float("nan")), "max_minutes"),
         (dict(cross_attention_init="zeros"), "cross_attention_init"),
         (dict(data_dir="/nonexistent"), "lacks"),
     ],

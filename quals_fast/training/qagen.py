@@ -65,6 +65,7 @@ class TrainQAGenOptions:
     dtype: str = field(default="fp32", metadata={"help": "fp32, or autocast bf16 (CPU/CUDA) / fp16 (CUDA, loss-scaled); weights stay fp32", "choices": DTYPES})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     stop_after_steps: Optional[int] = field(default=None, metadata={"help": "stop this invocation at this global step (the schedule still spans --steps/--epochs); continue later with --resume"})
+    max_minutes: Optional[float] = field(default=None, metadata={"help": "stop this invocation after this many minutes of training, validating and checkpointing first (for time-boxed machines; the schedule still spans --steps/--epochs; continue later with --resume)"})
     train_limit: int = field(default=0, metadata={"help": "use only the first N training paragraphs (0 = all; for tests and smoke runs)"})
     log_every: int = field(default=10, metadata={"help": "write the running train loss to log.jsonl every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
@@ -114,6 +115,8 @@ class TrainQAGenOptions:
             bad(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             bad("stop_after_steps must be >= 1")
+        if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
+            bad(f"max_minutes must be a positive number, got {self.max_minutes}")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
             bad(f"init_from {self.init_from} is not a model folder (no config.json)")
         data = Path(self.data_dir)
@@ -410,6 +413,7 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
     run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, time.time()
     last_val = None
     epoch_cache: dict[int, list] = {}
+    deadline = time.monotonic() + 60 * opt.max_minutes if opt.max_minutes is not None else None
     while step < stop_at:
         epoch, k = divmod(step, spe)
         if epoch not in epoch_cache:
@@ -446,10 +450,14 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
             log({"event": "train", "step": step, "epoch": round(step / spe, 3), "loss": run_loss / max(1, run_tokens),
                  "lr": scheduler.get_last_lr()[0], "sec_per_step": round((now - t_last) / run_n, 3)})
             run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, now
-        if (opt.eval_every and step % opt.eval_every == 0) or step == total:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if (opt.eval_every and step % opt.eval_every == 0) or step == total or out_of_time:
             last_val = validate_and_maybe_save(step)
-        if (opt.save_every and step % opt.save_every == 0) or step == stop_at:
+        if (opt.save_every and step % opt.save_every == 0) or step == stop_at or out_of_time:
             _save_checkpoint(out, step, model, optimizer, scheduler, scaler, best_val, opt.keep_checkpoints, log)
+        if out_of_time:
+            log({"event": "time_limit", "step": step, "max_minutes": opt.max_minutes})
+            break
     pbar.close()
     summary = {"step": step, "total_steps": total, "best_val_loss": best_val,
                "best_dir": str(out / "best") if (out / "best").is_dir() else None, "output_dir": str(out)}

@@ -8,6 +8,7 @@ paragraphs, the first sentence holding two distinct named entities of one kind (
 organisations, places, nationalities) gives the faithful "summary" (the sentence verbatim) and the
 swapped one (the two entities exchanged); the source is the whole paragraph."""
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -57,15 +58,30 @@ def build_swap_pairs(data_dir, n: int = 40, nlp=None) -> list:
     return pairs
 
 
+PAIR_KEYS = ("id", "source", "faithful", "swapped")
+
+
+def load_swap_pairs(path, n: int) -> list:
+    """The first `n` pairs of a file that `--save-pairs` wrote: a machine without spaCy (a GPU
+    box) then scores exactly the set that was built elsewhere."""
+    pairs = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) and all(isinstance(p.get(k), str) for k in PAIR_KEYS) for p in pairs):
+        raise ValueError(f"{path}: expected a JSON list of objects with string fields {PAIR_KEYS}")
+    if len(pairs) < n:
+        raise ValueError(f"{path} holds {len(pairs)} pairs, {n} asked for")
+    return [{k: p[k] for k in PAIR_KEYS} for p in pairs[:n]]
+
+
 def evaluate_swaps(model_dir=None, data_dir="../shared/data/squad", n: int = 40, batch_size: int = 8,
-                   progress: bool = True, scorer=None) -> dict:
+                   progress: bool = True, scorer=None, pairs=None, device: str = "cpu") -> dict:
     """Share of pairs ranked right (faithful > swapped) among those where both got a QUALS score,
-    the mean gap (faithful - swapped, nats/token), and every pair with its two scores."""
+    the mean gap (faithful - swapped, nats/token), and every pair with its two scores. `pairs`
+    (from `load_swap_pairs`) replaces building them from dev-b."""
     if scorer is None:
         from quals_fast import QualsScorer
 
-        scorer = QualsScorer(model_dir)
-    pairs = build_swap_pairs(data_dir, n)
+        scorer = QualsScorer(model_dir, device=device)
+    pairs = [dict(p) for p in pairs] if pairs is not None else build_swap_pairs(data_dir, n)
     results = scorer.score([p["source"] for p in pairs] * 2, [p["faithful"] for p in pairs] + [p["swapped"] for p in pairs],
                            batch_size=batch_size, progress=progress)
     for p, f, s in zip(pairs, results[: len(pairs)], results[len(pairs):]):
@@ -89,13 +105,28 @@ def register_cli(subparsers):
     p.add_argument("--data-dir", default="../shared/data/squad", help="folder holding %s" % VALID_FILE)
     p.add_argument("--pairs", type=int, default=40, help="number of (faithful, swapped) pairs (default 40)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--pairs-file", default=None, help="score the pairs of this file (written by --save-pairs) instead of building them (needs no spaCy)")
+    p.add_argument("--save-pairs", default=None, help="write the built pairs to this JSON file and stop")
     p.add_argument("--output", default=None, help="also write the figures and every pair's scores to this JSON file")
     p.add_argument("--no-progress", action="store_true")
 
     def run(args):
         if args.pairs < 1:
             raise SystemExit("eval-swaps: --pairs must be >= 1")
-        result = evaluate_swaps(args.model, args.data_dir, args.pairs, args.batch_size, progress=not args.no_progress)
+        if args.save_pairs and args.pairs_file:
+            raise SystemExit("eval-swaps: --save-pairs and --pairs-file exclude each other")
+        if args.save_pairs:
+            pairs = build_swap_pairs(args.data_dir, args.pairs)
+            Path(args.save_pairs).write_text(json.dumps(pairs, indent=1) + "\n", encoding="utf-8")
+            print(f"wrote {len(pairs)} pairs to {args.save_pairs}")
+            return 0
+        try:
+            pairs = load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file else None
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"eval-swaps: {e}")
+        result = evaluate_swaps(args.model, args.data_dir, args.pairs, args.batch_size, progress=not args.no_progress,
+                                pairs=pairs, device=args.device)
         print_report(result, args.output)
         return 0
 
