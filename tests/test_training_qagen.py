@@ -298,6 +298,34 @@ def test_short_contexts_add_training_inputs(tmp_path, warm):
         qagen.train_qagen(_opts(tmp_path / "q", short_context_sentences=2), qg.QG_RECIPE)
 
 
+@pytest.mark.parametrize("sentence, expected", [
+    ("Knute Rockne became head coach in 1918.", ("who became head coach in 1918?", "Knute Rockne")),
+    ("In 1918, Knute Rockne became head coach.", None),          # the subject does not open it
+    ("The new head coach won the title in 1918.", None),         # the subject is no named entity
+    ("Rockne won.", None),                                       # too little left to ask about
+])
+def test_subject_question(nlp, sentence, expected):
+    assert qagen_data.subject_question(nlp(sentence)) == expected
+
+
+def test_subject_questions_add_training_inputs(tmp_path, warm, nlp):
+    _needs_data()
+    _minilm_dir()
+    files = [DATA / f for f in qagen_data.TRAIN_FILES]
+    extra = qagen_data.build_subject_paragraphs(files, warm[1], 30522, 48, 24, 20, nlp=nlp)
+    paras = qagen_data.build_paragraphs(files, warm[1], 30522, 48, 24, 20)
+    assert extra and all(p.source in [q.source for q in paras] for p in extra)  # the same inputs
+    assert all(t.count(30522) == 1 for p in extra for t in p.targets)
+    out = tmp_path / "subj"
+    qagen.train_qagen(_opts(out, steps=2, eval_every=2, save_every=2, train_limit=20, subject_questions=True))
+    start = next(json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"start"' in l)
+    assert start["train_questions"] == sum(len(p.targets) for p in paras + extra)
+    from quals_fast.training import qg
+
+    with pytest.raises(ValueError, match="subject_questions"):
+        qagen.train_qagen(_opts(tmp_path / "q", subject_questions=True), qg.QG_RECIPE)
+
+
 def test_init_from_continues_a_trained_model(tmp_path):
     _needs_data()
     _minilm_dir()

@@ -46,9 +46,7 @@ def _answer_span(offsets, char_start: int, char_end: int) -> Optional[tuple]:
 
 def build_qa_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len, max_paragraphs=0):
     """`Paragraph(source=context ids, targets=[(question ids, (start, end) token span | None)])`."""
-    raw = [pq for path in files for pq in _data.read_squad(path)]
-    if max_paragraphs:
-        raw = raw[:max_paragraphs]
+    raw = _data.first_paragraphs(files, max_paragraphs, _data.read_squad)
     enc = tokenizer([c for c, _ in raw], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     questions = _data._ids(tokenizer, [q.strip() for _, qas in raw for q, _ in qas])
     out, k = [], 0

@@ -49,6 +49,7 @@ class TrainQAGenOptions:
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
     answer_loss_weight: float = field(default=1.0, metadata={"help": "weight of the answer tokens (after the separator, with the final [SEP]) in the training loss; QUALS's rescoring rests on how likely the answer is given the question, which is a small share of the target tokens (the logged training loss is the weighted one; validation loss is always unweighted)"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
+    subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
@@ -74,7 +75,7 @@ class TrainQAGenOptions:
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
-        "train_limit", "short_context_sentences", "answer_loss_weight",
+        "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -238,10 +239,12 @@ class Recipe:
     loss: Callable                 # (model, batch, device, label_smoothing=, reduction=) -> (loss, count)
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit, max_sentences, seed) -> [Paragraph]
     build_short_paragraphs: Optional[Callable] = None
+    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
+    build_subject_paragraphs: Optional[Callable] = None
 
 
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
-                      qagen_data.build_short_paragraphs)
+                      qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +350,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
 
     if opt.short_context_sentences and recipe.build_short_paragraphs is None:
         raise ValueError("short_context_sentences is not supported by this model's recipe")
+    if opt.subject_questions and recipe.build_subject_paragraphs is None:
+        raise ValueError("subject_questions is not supported by this model's recipe")
     model, tok = recipe.build_model(opt)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
@@ -356,6 +361,9 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         train_paras = train_paras + recipe.build_short_paragraphs(
             [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit,
             opt.short_context_sentences, opt.seed)
+    if opt.subject_questions:
+        train_paras = train_paras + recipe.build_subject_paragraphs(
+            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
     val_paras = recipe.build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)

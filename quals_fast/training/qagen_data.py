@@ -50,6 +50,12 @@ def read_squad(path: Path | str) -> list[tuple[str, list[tuple[str, str]]]]:
     return [(c, [(q, a) for q, a, _ in qas]) for c, qas in _squad_items(path)]
 
 
+def first_paragraphs(files: Iterable[Path | str], max_paragraphs: int, reader) -> list:
+    """`reader`'s paragraphs of `files` in order, the first `max_paragraphs` if > 0."""
+    raw = [pq for path in files for pq in reader(path)]
+    return raw[:max_paragraphs] if max_paragraphs else raw
+
+
 def build_paragraphs(
     files: Iterable[Path | str],
     tokenizer,
@@ -59,9 +65,7 @@ def build_paragraphs(
     max_paragraphs: int = 0,
 ) -> list[Paragraph]:
     """Tokenised paragraphs of `files` in order (the first `max_paragraphs` if > 0)."""
-    raw = [pq for path in files for pq in read_squad(path)]
-    if max_paragraphs:
-        raw = raw[:max_paragraphs]
+    raw = first_paragraphs(files, max_paragraphs, read_squad)
     # One batched tokenizer call per field: ~10x faster than per-example calls.
     ctx = _ids(tokenizer, [c for c, _ in raw])
     qs = _ids(tokenizer, [q.strip() for _, qas in raw for q, _ in qas])
@@ -110,9 +114,7 @@ def build_short_paragraphs(
     and paragraphs (~150 tokens) are all SQuAD gives it otherwise. Questions whose inputs coincide
     share one `Paragraph`; questions whose answer cannot be located are left out."""
     rng = np.random.default_rng([seed, 1])
-    raw = [pq for path in files for pq in _squad_items(path)]
-    if max_paragraphs:
-        raw = raw[:max_paragraphs]
+    raw = first_paragraphs(files, max_paragraphs, _squad_items)
     groups: dict[tuple[int, int, int], list[int]] = {}
     texts, questions, answers = [], [], []
     for p, (context, qas) in enumerate(raw):
@@ -147,6 +149,72 @@ def build_short_paragraphs(
         Paragraph(s[: max_source_len - 1] + [EOS_ID], [(qs[k] + [sep_id] + ans[k])[: max_target_len - 1] for k in ks])
         for s, ks in zip(src, groups.values())
     ]
+
+
+# The wh-word a named-entity subject is asked with; other entity kinds (dates, numbers) rarely
+# act, and who-did-what is the failure QUALS exists to catch.
+SUBJECT_WH = {"PERSON": "who", "NORP": "who", "ORG": "what", "GPE": "what", "LOC": "what"}
+
+
+def subject_question(doc) -> tuple[str, str] | None:
+    """(question, answer) for a parsed sentence that opens with its main verb's subject and that
+    subject is exactly one named entity: "Rockne became head coach in 1918." -> ("who became head
+    coach in 1918?", "Rockne"). Else None: anything else needs more than dropping the subject."""
+    root = next((t for t in doc if t.dep_ == "ROOT"), None)
+    if root is None or root.pos_ not in ("VERB", "AUX"):
+        return None
+    subjects = [c for c in root.children if c.dep_ in ("nsubj", "nsubjpass")]
+    if len(subjects) != 1:
+        return None
+    lo, hi = subjects[0].left_edge.i, subjects[0].right_edge.i + 1
+    ent = next((e for e in doc.ents if e.start == lo and e.end == hi and e.label_ in SUBJECT_WH), None)
+    if lo != 0 or ent is None:
+        return None
+    rest = doc[hi:].text.strip().rstrip(".!;:").strip()
+    if not 3 <= len(rest.split()) <= 30 or "?" in rest:
+        return None
+    return f"{SUBJECT_WH[ent.label_]} {rest}?", ent.text
+
+
+def build_subject_paragraphs(
+    files: Iterable[Path | str],
+    tokenizer,
+    sep_id: int,
+    max_source_len: int,
+    max_target_len: int,
+    max_paragraphs: int = 0,
+    nlp=None,
+) -> list[Paragraph]:
+    """Rule-made questions (`subject_question`) about the sentences of the training paragraphs,
+    with the whole paragraph as input, one `Paragraph` per paragraph that yields any. SQuAD's
+    questions are mostly about dates, numbers and descriptions; these add who/what-did-it ones."""
+    if nlp is None:
+        from quals_fast.reference.qags import load_spacy
+
+        nlp = load_spacy()
+    raw = first_paragraphs(files, max_paragraphs, read_squad)
+    owner, sentences = [], []
+    for p, (context, _) in enumerate(raw):
+        for a, b in sentence_spans(context):
+            owner.append(p)
+            sentences.append(context[a:b])
+    found: dict[int, list[tuple[str, str]]] = {}
+    for p, doc in zip(owner, nlp.pipe(sentences, batch_size=256, disable=["lemmatizer"])):
+        qa = subject_question(doc)
+        if qa:
+            found.setdefault(p, []).append(qa)
+    ctx = _ids(tokenizer, [raw[p][0] for p in found])
+    qs = _ids(tokenizer, [q for qas in found.values() for q, _ in qas])
+    ans = _ids(tokenizer, [a for qas in found.values() for _, a in qas])
+    out, k = [], 0
+    for c, qas in zip(ctx, found.values()):
+        targets = [qs[k + i] + [sep_id] + ans[k + i] for i in range(len(qas))]
+        k += len(qas)
+        # Truncating one would cut its answer off: leave it out instead.
+        targets = [t for t in targets if len(t) <= max_target_len - 1]
+        if targets:
+            out.append(Paragraph(c[: max_source_len - 1] + [EOS_ID], targets))
+    return out
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -20,9 +20,7 @@ from .warmstart import EOS_ID, SEPARATOR_TOKEN
 def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len, max_paragraphs=0):
     """One `Paragraph` per distinct (context, answer): source = answer [qsep] context [eos]
     (the context truncated so the whole fits), targets = its questions."""
-    raw = [pq for path in files for pq in _data.read_squad(path)]
-    if max_paragraphs:
-        raw = raw[:max_paragraphs]
+    raw = _data.first_paragraphs(files, max_paragraphs, _data.read_squad)
     ctx = _data._ids(tokenizer, [c for c, _ in raw])
     answers = _data._ids(tokenizer, [a.strip() for _, qas in raw for _, a in qas])
     questions = _data._ids(tokenizer, [q.strip() for _, qas in raw for q, _ in qas])
@@ -40,8 +38,9 @@ def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len
     return out
 
 
-# Short inputs are a QAGen augmentation (they hold QAGen targets), so QG runs without them.
-QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs, build_short_paragraphs=None)
+# Short inputs and subject questions are QAGen augmentations (they hold QAGen targets), so QG runs without them.
+QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs, build_short_paragraphs=None,
+                                build_subject_paragraphs=None)
 
 
 def train_qg(options: TrainQAGenOptions) -> dict:
