@@ -408,3 +408,60 @@ def test_answer_loss_weight_changes_training_not_validation(tmp_path):
     assert n == n2 and not torch.isclose(plain, weighted)
     assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
         pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
+
+
+# --- checkpoint averaging (average-qagen) --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def four_step_run(tmp_path_factory):
+    _needs_data()
+    _minilm_dir()
+    run = tmp_path_factory.mktemp("avg") / "run"
+    qagen.train_qagen(_opts(run, steps=4, eval_every=2, save_every=2))
+    return run
+
+
+def test_average_is_the_mean_of_its_inputs(tmp_path, four_step_run):
+    from safetensors.torch import load_file
+
+    from quals_fast.training import average
+
+    run = four_step_run
+    inputs = [run / "best", run / "checkpoints" / "step-2", run / "checkpoints" / "step-4"]
+    out = tmp_path / "avg"
+    info = average.average_qagen(inputs, out, data_dir=DATA, val_examples=8)
+    saved = load_file(str(out / "model.safetensors"))
+    stored = [load_file(str(p / "model.safetensors")) for p in inputs]
+    name = "model.decoder.layers.0.fc1.weight"
+    mean = sum(s[name].float() for s in stored) / 3
+    assert saved[name].dtype == torch.float16
+    assert torch.allclose(saved[name].float(), mean, atol=1e-3)
+    assert not torch.equal(stored[1][name], stored[2][name])  # the steps differ, so the test means something
+    recorded = json.loads((out / "training_info.json").read_text())
+    assert recorded["averaged_from"] == [str(p) for p in inputs] and recorded["val_questions"] == 8
+    assert info["val_loss"] == recorded["val_loss"] and 0 < info["val_loss"] < 20
+    # The folder is a model like any other: it loads and validates to the recorded loss.
+    model, tok = warmstart.load_qagen_for_training(out)
+    assert average.validation_loss(model, tok, DATA, 8)[0] == pytest.approx(info["val_loss"], rel=1e-3)
+
+
+def test_average_refuses_bad_inputs(tmp_path, four_step_run, warm):
+    from quals_fast.training import average
+
+    a, b = four_step_run, tmp_path / "b"
+    warmstart.save_model_folder(*warm, b / "best")  # two decoder layers, the run has one
+    with pytest.raises(ValueError, match="at least two"):
+        average.average_qagen([a / "best"], tmp_path / "o1", data_dir=DATA)
+    with pytest.raises(ValueError, match="base architecture"):
+        average.average_qagen([a / "best", b / "best"], tmp_path / "o2", data_dir=DATA)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        average.average_qagen([a / "best", tmp_path], tmp_path / "o3", data_dir=DATA)
+    with pytest.raises(ValueError, match="one of the inputs"):
+        average.average_qagen([a / "best", a / "checkpoints" / "step-2"], a / "best", data_dir=DATA)
+    with pytest.raises(ValueError, match="base"):
+        average.average_qagen([a / "checkpoints" / "step-2", a / "checkpoints" / "step-2"], tmp_path / "o4", data_dir=DATA)
+    with pytest.raises(SystemExit, match="average-qagen: averaging needs"):
+        from quals_fast.cli import main
+
+        main(["average-qagen", str(a / "best"), "--output", str(tmp_path / "o5"), "--data-dir", str(DATA)])
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))

@@ -22,28 +22,43 @@ def _weights_file(path: Path) -> Path:
     return f
 
 
-def average_state_dicts(paths) -> dict:
-    """The element-wise mean (fp32) of the weights stored in `paths`; every input must hold the
-    same tensor names and shapes, else averaging would silently mix different architectures."""
+def _load_into(model, path: Path) -> None:
+    """Load one input's weights into `model`. A model folder leaves out the tied copies of the
+    embedding that a train-qagen checkpoint stores, so a key may be missing only if a tensor it
+    shares storage with was loaded; anything else means another architecture."""
     from safetensors.torch import load_file
 
+    sd = load_file(str(_weights_file(path)))
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path}: does not fit the base architecture: {e}") from None
+    ptr = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    loaded = {ptr[k] for k in sd if k in ptr}
+    missing = [k for k in missing if ptr[k] not in loaded]
+    if missing or unexpected:
+        raise ValueError(f"{path}: its tensors differ from the base architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+
+
+@torch.no_grad()
+def average_into(model, paths) -> None:
+    """Set `model`'s weights to the element-wise mean (fp32) of the weights stored in `paths`."""
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ValueError("averaging needs at least two checkpoints")
+    model.float()
     total = None
     for p in paths:
-        sd = load_file(str(_weights_file(p)))
+        _load_into(model, p)
+        sd = model.state_dict()
         if total is None:
-            total = {k: v.to(torch.float32).clone() for k, v in sd.items()}
-            continue
-        if sd.keys() != total.keys():
-            diff = sorted(set(sd) ^ set(total))
-            raise ValueError(f"{p}: its tensors differ from {paths[0]}'s: {diff[:5]}")
-        for k, v in sd.items():
-            if v.shape != total[k].shape:
-                raise ValueError(f"{p}: {k} has shape {tuple(v.shape)}, {paths[0]} has {tuple(total[k].shape)}")
-            total[k] += v.to(torch.float32)
-    return {k: v / len(paths) for k, v in total.items()}
+            total = {k: v.clone() for k, v in sd.items()}
+        else:
+            for k, v in sd.items():
+                total[k] += v
+    model.load_state_dict({k: v / len(paths) for k, v in total.items()})
+    model.tie_weights()
 
 
 @torch.no_grad()
@@ -77,15 +92,8 @@ def average_qagen(inputs, output_dir, base=None, data_dir="../shared/data/squad"
     if val_examples < 1:
         raise ValueError("val_examples must be >= 1")
     torch.set_num_threads(threads)
-    averaged = average_state_dicts(inputs)
     model, tok = load_qagen_for_training(str(base))
-    missing, unexpected = model.load_state_dict(averaged, strict=False)
-    # The tied output projection may be stored or not, depending on who wrote the file.
-    missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise ValueError(f"averaged weights do not fit {base}'s architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.tie_weights()
-    model.float()
+    average_into(model, inputs)
     val, n_val = validation_loss(model, tok, data_dir, val_examples)
     info = {"averaged_from": [str(p) for p in inputs], "base": str(base), "val_loss": val, "val_questions": n_val}
     save_model_folder(model, tok, out, dtype=torch.float16)
