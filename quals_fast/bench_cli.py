@@ -89,6 +89,9 @@ def _state(path: Path) -> str:
     if not info.is_file():
         return "untrained (warm start)"
     d = json.loads(info.read_text())
+    if "averaged_from" in d:  # written by average-qagen
+        return "trained: weight average of %d checkpoints, validation loss %.3f" % (
+            len(d["averaged_from"]), d.get("val_loss", float("nan")))
     opts = d.get("options", {})
     total = opts.get("steps") or ("%s epochs" % opts.get("epochs"))
     earlier = d.get("started_from")

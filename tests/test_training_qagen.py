@@ -440,6 +440,9 @@ def test_average_is_the_mean_of_its_inputs(tmp_path, four_step_run):
     recorded = json.loads((out / "training_info.json").read_text())
     assert recorded["averaged_from"] == [str(p) for p in inputs] and recorded["val_questions"] == 8
     assert info["val_loss"] == recorded["val_loss"] and 0 < info["val_loss"] < 20
+    from quals_fast.bench_cli import _state
+
+    assert _state(out).startswith("trained: weight average of 3 checkpoints")
     # The folder is a model like any other: it loads and validates to the recorded loss.
     model, tok = warmstart.load_qagen_for_training(out)
     assert average.validation_loss(model, tok, DATA, 8)[0] == pytest.approx(info["val_loss"], rel=1e-3)
