@@ -359,6 +359,9 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(label_smoothing=1.0), "label_smoothing"),
         (dict(short_context_sentences=-1), "short_context_sentences"),
         (dict(answer_loss_weight=0.0), "answer_loss_weight"),
+        (dict(swap_contrast_weight=-1.0), "swap_contrast_weight"),
+        (dict(swap_margin=0.0), "swap_margin"),
+        (dict(swap_pairs_per_step=0), "swap_pairs_per_step"),
         (dict(max_minutes=0.0), "max_minutes"),
         (dict(max_minutes=float("nan")), "max_minutes"),
         (dict(cross_attention_init="zeros"), "cross_attention_init"),
@@ -408,6 +411,82 @@ def test_answer_loss_weight_changes_training_not_validation(tmp_path):
     assert n == n2 and not torch.isclose(plain, weighted)
     assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
         pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
+
+
+# --- role-swap contrast (--swap-contrast-weight) ------------------------------------------------
+
+SWAP_CONTEXT = ("Floyd Mayweather beat Manny Pacquiao on points in Las Vegas on Saturday. "
+                "Apple agreed to buy Shazam for about $400 million on Monday.")
+
+
+def _squad_file(path, context, qas):
+    items = [{"question": q, "answers": [{"text": a, "answer_start": context.index(a)}]} for q, a in qas]
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": items}]}]}))
+    return path
+
+
+def test_swap_contrast_pairs_exchange_the_answer_entity(tmp_path, warm, nlp):
+    tok = warm[1]
+    f = _squad_file(tmp_path / "s.json", SWAP_CONTEXT, [
+        ("Who beat Manny Pacquiao?", "Floyd Mayweather"),
+        ("How much did Apple pay?", "about $400 million"),   # no named entity of a swappable kind
+        ("Where was the fight?", "Las Vegas"),               # no other place in its sentence
+        ("Who agreed to buy Shazam?", "Apple"),
+    ])
+    pairs = qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp)
+    texts = [tok.decode(p.source[:-1]) for p in pairs]
+    targets = [tok.decode(p.targets[0]) for p in pairs]
+    assert len(pairs) == 4 and all(p.source[-1] == warmstart.EOS_ID for p in pairs)
+    assert pairs[0].source == pairs[2].source == tok(SWAP_CONTEXT, add_special_tokens=False).input_ids + [warmstart.EOS_ID]
+    assert texts[1].startswith("manny pacquiao beat floyd mayweather on points")
+    assert "shazam agreed to buy apple for" in texts[3] and texts[3].startswith("floyd mayweather beat manny")
+    assert targets[0] == targets[1] == "who beat manny pacquiao? [qsep] floyd mayweather"
+    assert targets[2] == targets[3] == "who agreed to buy shazam? [qsep] apple"
+
+
+def test_swap_contrast_loss_is_the_per_token_gap(warm, tmp_path, nlp):
+    model, tok = warm
+    model.eval()
+    f = _squad_file(tmp_path / "s.json", SWAP_CONTEXT, [("Who beat Manny Pacquiao?", "Floyd Mayweather"),
+                                                        ("Who agreed to buy Shazam?", "Apple")])
+    pairs = qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp)
+    items = [(i, 0) for i in range(4)]
+    hinge, gaps = qagen.swap_contrast_loss(model, qagen_data.collate(pairs, items), "cpu", margin=0.5)
+    with torch.no_grad():
+        mean_ll = []
+        for i in range(4):
+            total, n = qagen.qagen_loss(model, qagen_data.collate(pairs, [(i, 0)]), "cpu", reduction="sum")
+            mean_ll.append(-float(total) / n)
+    want = [mean_ll[0] - mean_ll[1], mean_ll[2] - mean_ll[3]]
+    assert gaps.tolist() == pytest.approx(want, abs=1e-4)
+    assert float(hinge) == pytest.approx(sum(max(0.0, 0.5 - g) for g in want) / 2, abs=1e-4)
+    model.train()
+
+
+def test_contrast_items_are_seeded_pairs():
+    a = qagen.contrast_items(50, 4, seed=3, step=7)
+    assert a == qagen.contrast_items(50, 4, seed=3, step=7)
+    assert a != qagen.contrast_items(50, 4, seed=3, step=8)
+    assert len(a) == 8 and all(a[i][0] % 2 == 0 and a[i + 1][0] == a[i][0] + 1 for i in range(0, 8, 2))
+    assert len(qagen.contrast_items(2, 4, seed=3, step=0)) == 4  # fewer pairs than asked: all of them
+
+
+def test_swap_contrast_run_logs_gaps(tmp_path, nlp):
+    _needs_data()
+    _minilm_dir()
+    out = tmp_path / "c"
+    qagen.train_qagen(_opts(out, steps=2, eval_every=2, save_every=2, train_limit=40, swap_contrast_weight=1.0,
+                            swap_pairs_per_step=2))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in log if r["event"] == "start")
+    assert start["swap_pairs"] > 0 and start["val_swap_pairs"] > 0
+    assert all("swap_gap" in r for r in log if r["event"] == "train")
+    val = next(r for r in log if r["event"] == "validation")
+    assert 0 <= val["val_swap_right"] <= 1 and val["val_swap_gap"] == val["val_swap_gap"]
+    from quals_fast.training import qg
+
+    with pytest.raises(ValueError, match="swap_contrast_weight"):
+        qagen.train_qagen(_opts(tmp_path / "q", swap_contrast_weight=1.0), qg.QG_RECIPE)
 
 
 # --- checkpoint averaging (average-qagen) --------------------------------------------------------

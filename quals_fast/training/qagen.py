@@ -31,6 +31,7 @@ from . import qagen_data
 from .warmstart import build_warmstart_model, load_qagen_for_training
 
 DTYPES = ("fp32", "bf16", "fp16")
+VAL_CONTRAST_PARAGRAPHS = 300  # dev-b paragraphs whose role swaps validation follows
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -50,6 +51,9 @@ class TrainQAGenOptions:
     answer_loss_weight: float = field(default=1.0, metadata={"help": "weight of the answer tokens (after the separator, with the final [SEP]) in the training loss; QUALS's rescoring rests on how likely the answer is given the question, which is a small share of the target tokens (the logged training loss is the weighted one; validation loss is always unweighted)"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
+    swap_contrast_weight: float = field(default=0.0, metadata={"help": "weight of a margin loss on role swaps: for questions whose answer is a named entity, the paragraph with that entity exchanged with another of its kind in its sentence must make the question and answer at least --swap-margin nats/token less likely than the paragraph itself (QUALS's source-vs-summary gap on a swapped summary); 0 = off (needs spaCy, the qags extra)"})
+    swap_margin: float = field(default=1.0, metadata={"help": "margin (mean log-prob per target token) of --swap-contrast-weight"})
+    swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
@@ -76,6 +80,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions",
+        "swap_contrast_weight", "swap_margin", "swap_pairs_per_step",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -90,7 +95,8 @@ class TrainQAGenOptions:
             bad(f"steps must be >= 1, got {self.steps}")
         if self.epochs is not None and not self.epochs > 0:
             bad(f"epochs must be > 0, got {self.epochs}")
-        for name in ("batch_size", "decoder_layers", "threads", "val_batch_size", "keep_checkpoints", "log_every"):
+        for name in ("batch_size", "decoder_layers", "threads", "val_batch_size", "keep_checkpoints", "log_every",
+                     "swap_pairs_per_step"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit", "short_context_sentences"):
@@ -102,6 +108,10 @@ class TrainQAGenOptions:
             bad("weight_decay and max_grad_norm must be >= 0")
         if not (self.answer_loss_weight > 0 and math.isfinite(self.answer_loss_weight)):
             bad(f"answer_loss_weight must be a positive number, got {self.answer_loss_weight}")
+        if not (self.swap_contrast_weight >= 0 and math.isfinite(self.swap_contrast_weight)):
+            bad(f"swap_contrast_weight must be a number >= 0, got {self.swap_contrast_weight}")
+        if not (self.swap_margin > 0 and math.isfinite(self.swap_margin)):
+            bad(f"swap_margin must be a positive number, got {self.swap_margin}")
         if not 0 <= self.label_smoothing < 1:
             bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 2 <= self.max_source_len <= 512:
@@ -170,10 +180,9 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str = "mean"):
-    """Token-level cross-entropy. The encoder runs once per distinct paragraph; only the real
-    (non-pad) target positions go through the 30k-way LM head."""
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _target_logits(model, b):
+    """Logits at the real (non-pad) target positions, their labels, and the keep mask. The encoder
+    runs once per distinct paragraph; only those positions go through the 30k-way LM head."""
     enc = model.model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
     idx = b["source_index"]
     # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
@@ -184,16 +193,58 @@ def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: st
         encoder_attention_mask=b["attention_mask"].index_select(0, idx),
         use_cache=False,
     ).last_hidden_state
-    labels = b["labels"]
-    keep = labels != -100
-    logits = model.lm_head(dec[keep]) + model.final_logits_bias.to(dec.dtype)
+    keep = b["labels"] != -100
+    return model.lm_head(dec[keep]) + model.final_logits_bias.to(dec.dtype), b["labels"][keep], keep
+
+
+def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str = "mean"):
+    """Token-level cross-entropy over the targets of `batch`."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    logits, labels, keep = _target_logits(model, b)
     if "answer_loss_weight" in b and reduction == "mean":
-        ce = torch.nn.functional.cross_entropy(logits.float(), labels[keep], label_smoothing=label_smoothing, reduction="none")
-        w = qagen_data.answer_weights(labels, float(b["answer_loss_weight"]), model.config.qagen_separator_token_id)[keep]
+        ce = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="none")
+        w = qagen_data.answer_weights(b["labels"], float(b["answer_loss_weight"]), model.config.qagen_separator_token_id)[keep]
         return (ce * w).sum() / w.sum(), int(keep.sum())
     return torch.nn.functional.cross_entropy(
-        logits.float(), labels[keep], label_smoothing=label_smoothing, reduction=reduction
+        logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction
     ), int(keep.sum())
+
+
+def swap_contrast_loss(model, batch, device, margin: float):
+    """(mean hinge max(0, margin - gap), gaps) for a batch of rows [faithful, swapped, ...] that
+    share targets pairwise; gap = mean log-prob per target token given the faithful paragraph minus
+    given the swapped one (QUALS's own scale)."""
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    logits, labels, keep = _target_logits(model, b)
+    ll = -torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    rows = keep.nonzero(as_tuple=True)[0]
+    mean_ll = torch.zeros(keep.shape[0], device=ll.device).index_add(0, rows, ll) / keep.sum(1)
+    gaps = mean_ll[0::2] - mean_ll[1::2]
+    return torch.relu(margin - gaps).mean(), gaps.detach()
+
+
+def contrast_items(n_pairs: int, k: int, seed: int, step: int) -> list[tuple[int, int]]:
+    """The (paragraph, target) items of step `step`'s `k` contrast pairs; depends only on (seed,
+    step), which keeps resuming exact."""
+    chosen = np.random.default_rng([seed, 2, step]).choice(n_pairs, size=min(k, n_pairs), replace=False)
+    return [(2 * int(i) + j, 0) for i in sorted(chosen) for j in (0, 1)]
+
+
+@torch.no_grad()
+def evaluate_contrast(model, pairs, batch_size: int, device, dtype) -> dict:
+    """Held-out role swaps, teacher-forced on gold questions: share with gap > 0 and mean gap."""
+    was_training = model.training
+    model.eval()
+    gaps = []
+    items = [(i, 0) for i in range(len(pairs))]
+    chunk = 2 * max(1, batch_size // 2)  # a pair never straddles two batches
+    for i in range(0, len(items), chunk):
+        with _autocast(device, dtype):
+            _, g = swap_contrast_loss(model, qagen_data.collate(pairs, items[i : i + chunk]), device, 0.0)
+        gaps += g.float().tolist()
+    model.train(was_training)
+    return {"val_swap_right": sum(g > 0 for g in gaps) / max(1, len(gaps)), "val_swap_gap": sum(gaps) / max(1, len(gaps)),
+            "val_swap_pairs": len(gaps)}
 
 
 @torch.no_grad()
@@ -241,10 +292,13 @@ class Recipe:
     build_short_paragraphs: Optional[Callable] = None
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
     build_subject_paragraphs: Optional[Callable] = None
+    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [faithful, swapped, ...]
+    build_swap_contrast: Optional[Callable] = None
 
 
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
-                      qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs)
+                      qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs,
+                      qagen_data.build_swap_contrast)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,6 +406,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         raise ValueError("short_context_sentences is not supported by this model's recipe")
     if opt.subject_questions and recipe.build_subject_paragraphs is None:
         raise ValueError("subject_questions is not supported by this model's recipe")
+    if opt.swap_contrast_weight and recipe.build_swap_contrast is None:
+        raise ValueError("swap_contrast_weight is not supported by this model's recipe")
     model, tok = recipe.build_model(opt)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
@@ -365,6 +421,15 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         train_paras = train_paras + recipe.build_subject_paragraphs(
             [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
     val_paras = recipe.build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
+    contrast, val_contrast = [], []
+    if opt.swap_contrast_weight:
+        contrast = recipe.build_swap_contrast(
+            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
+        if not contrast:
+            raise ValueError("swap_contrast_weight: the training paragraphs give no role-swap pairs")
+        # The first held-out pairs only: enough to follow the gap, cheap next to validation.
+        val_contrast = recipe.build_swap_contrast(
+            [data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len, VAL_CONTRAST_PARAGRAPHS)
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)
     if spe < 1:
@@ -395,12 +460,14 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         "train_paragraphs": len(train_paras), "train_questions": sum(len(p.targets) for p in train_paras),
         "val_questions": len(val_items), "device": str(device), "dtype": opt.dtype,
         "params": sum(p.numel() for p in model.parameters()),
+        **({"swap_pairs": len(contrast) // 2, "val_swap_pairs": len(val_contrast) // 2} if contrast else {}),
     })
 
     def validate_and_maybe_save(at_step: int) -> float:
         nonlocal best_val
         t0 = time.time()
         val = evaluate(model, val_paras, val_items, opt.val_batch_size, device, opt.dtype, recipe, opt)
+        swaps = evaluate_contrast(model, val_contrast, opt.val_batch_size, device, opt.dtype) if val_contrast else {}
         improved = val < best_val
         if improved:
             best_val = val
@@ -413,12 +480,13 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
                 {"step": at_step, "val_loss": val, "val_questions": len(val_items), "options": opt.to_json()}, indent=2))
             shutil.rmtree(best, ignore_errors=True)
             tmp.rename(best)
-        log({"event": "validation", "step": at_step, "val_loss": val, "best_val": best_val,
+        log({"event": "validation", "step": at_step, "val_loss": val, "best_val": best_val, **swaps,
              "saved_best": improved, "seconds": round(time.time() - t0, 1)})
         return val
 
     pbar = tqdm(total=stop_at, initial=step, desc="train-qagen", disable=not opt.progress, dynamic_ncols=True)
     run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, time.time()
+    run_gap = 0.0
     last_val = None
     epoch_cache: dict[int, list] = {}
     deadline = time.monotonic() + 60 * opt.max_minutes if opt.max_minutes is not None else None
@@ -429,6 +497,12 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         batch = recipe.collate(train_paras, epoch_cache[epoch][k], opt)
         with _autocast(device, opt.dtype):
             loss, ntok = recipe.loss(model, batch, device, opt.label_smoothing)
+            if contrast:
+                hinge, gaps = swap_contrast_loss(
+                    model, qagen_data.collate(contrast, contrast_items(len(contrast) // 2, opt.swap_pairs_per_step, opt.seed, step)),
+                    device, opt.swap_margin)
+                loss = loss + opt.swap_contrast_weight * hinge
+                run_gap += float(gaps.mean())
         if not torch.isfinite(loss):
             log({"event": "nonfinite_loss", "step": step})
             raise FloatingPointError(f"non-finite loss at step {step}")
@@ -456,8 +530,10 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         if step % opt.log_every == 0 or step == stop_at:
             now = time.time()
             log({"event": "train", "step": step, "epoch": round(step / spe, 3), "loss": run_loss / max(1, run_tokens),
-                 "lr": scheduler.get_last_lr()[0], "sec_per_step": round((now - t_last) / run_n, 3)})
+                 "lr": scheduler.get_last_lr()[0], "sec_per_step": round((now - t_last) / run_n, 3),
+                 **({"swap_gap": run_gap / run_n} if contrast else {})})
             run_loss, run_tokens, run_n, t_last = 0.0, 0, 0, now
+            run_gap = 0.0
         out_of_time = deadline is not None and time.monotonic() >= deadline
         if (opt.eval_every and step % opt.eval_every == 0) or step == total or out_of_time:
             last_val = validate_and_maybe_save(step)

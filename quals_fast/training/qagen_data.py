@@ -217,6 +217,81 @@ def build_subject_paragraphs(
     return out
 
 
+# Named-entity kinds whose exchange changes who did what (people, organisations, places, nationalities).
+SWAP_LABELS = ("PERSON", "ORG", "GPE", "NORP", "LOC")
+
+
+def swappable(text: str, a, b) -> bool:
+    """Whether exchanging spaCy entities `a` before `b` (char offsets into `text`) changes who did
+    what: same kind, distinct names neither inside the other, each once in `text` (else the swap is
+    ambiguous), and not one list ("Sicily and Malta": a lower-case word other than and/or/the must
+    stand between them, since exchanging list members keeps the meaning)."""
+    ka, kb = a.text.lower(), b.text.lower()
+    between = [w for w in re.findall(r"\b[a-z]+\b", text[a.end_char : b.start_char]) if w not in ("and", "or", "the")]
+    return (a.label_ == b.label_ and a.label_ in SWAP_LABELS and a.end_char <= b.start_char and ka not in kb
+            and kb not in ka and text.count(a.text) == 1 and text.count(b.text) == 1 and bool(between))
+
+
+def exchange(text: str, a, b) -> str:
+    """`text` with entities `a` (first) and `b` exchanged."""
+    return text[: a.start_char] + b.text + text[a.end_char : b.start_char] + a.text + text[b.end_char :]
+
+
+def build_swap_contrast(
+    files: Iterable[Path | str],
+    tokenizer,
+    sep_id: int,
+    max_source_len: int,
+    max_target_len: int,
+    max_paragraphs: int = 0,
+    nlp=None,
+) -> list[Paragraph]:
+    """Contrast pairs for `--swap-contrast-weight`, flat as [faithful, swapped, faithful, ...], each
+    a `Paragraph` with one target: a question whose answer is a named entity, with its paragraph
+    as is and with that entity exchanged with another of its kind in the same sentence ("Arsenal
+    beat Chelsea" -> "Chelsea beat Arsenal"). The question and answer are true of the first and
+    false of the second: QUALS's source-vs-summary difference on a role swap, turned into a
+    training signal. Questions that give no such swap are left out."""
+    if nlp is None:
+        from quals_fast.reference.qags import load_spacy
+
+        nlp = load_spacy()
+    raw = first_paragraphs(files, max_paragraphs, _squad_items)
+    sources, targets = [], []
+    docs = nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"])
+    for (context, qas), doc in zip(raw, docs):
+        spans = sentence_spans(context)
+        ents = [e for e in doc.ents if e.label_ in SWAP_LABELS]
+        for question, answer, start in qas:
+            answer = answer.strip()
+            if not (0 <= start and context[start : start + len(answer)] == answer):
+                start = context.find(answer)
+            if start < 0:
+                continue
+            end = start + len(answer)
+            inside = [e for e in ents if start <= e.start_char and e.end_char <= end]
+            if len(inside) != 1:
+                continue
+            a = inside[0]
+            sent = next((s for s in spans if s[0] <= a.start_char < s[1]), None)
+            partners = [b for b in ents if sent[0] <= b.start_char < sent[1] and not (start < b.end_char and b.start_char < end)]
+            for b in partners:
+                first, second = (a, b) if a.start_char < b.start_char else (b, a)
+                if swappable(context, first, second):
+                    sources += [context, exchange(context, first, second)]
+                    targets.append((question.strip(), answer))
+                    break
+    src = _ids(tokenizer, sources)
+    qs, ans = _ids(tokenizer, [q for q, _ in targets]), _ids(tokenizer, [a for _, a in targets])
+    out = []
+    for k in range(len(targets)):
+        pos, neg = (s[: max_source_len - 1] + [EOS_ID] for s in src[2 * k : 2 * k + 2])
+        target = (qs[k] + [sep_id] + ans[k])[: max_target_len - 1]
+        if pos != neg:  # a swap past the truncation point changes nothing the model sees
+            out += [Paragraph(pos, [target]), Paragraph(neg, [target])]
+    return out
+
+
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []

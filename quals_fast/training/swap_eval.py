@@ -9,28 +9,18 @@ organisations, places, nationalities) gives the faithful "summary" (the sentence
 swapped one (the two entities exchanged); the source is the whole paragraph."""
 import argparse
 import json
-import re
 from pathlib import Path
 
-from quals_fast.training.qagen_data import VALID_FILE, read_squad, sentence_spans
+from quals_fast.training.qagen_data import SWAP_LABELS, VALID_FILE, exchange, read_squad, sentence_spans, swappable
 from quals_fast.training.qagen_eval import print_report
 
-SWAP_LABELS = ("PERSON", "ORG", "GPE", "NORP", "LOC")
-
-
 def _swap(sentence: str, doc) -> str:
-    """`sentence` with its first two distinct same-kind entities exchanged, or "" if it has none.
-    Entities of one list ("Sicily and Malta") are skipped: exchanging them keeps the meaning. So
-    is an entity that occurs twice, or inside the other, since the swap would then be ambiguous."""
-    s = sentence
-    ents = [e for e in doc.ents if e.label_ in SWAP_LABELS and s.count(e.text) == 1]
+    """`sentence` with its first two exchangeable named entities (`swappable`) exchanged, or ""."""
+    ents = [e for e in doc.ents if e.label_ in SWAP_LABELS]
     for i, a in enumerate(ents):
         for b in ents[i + 1:]:
-            ka, kb = a.text.lower(), b.text.lower()
-            # A lower-case word other than a list's "and"/"or"/"the" between them: not one list.
-            between = [w for w in re.findall(r"\b[a-z]+\b", s[a.end_char: b.start_char]) if w not in ("and", "or", "the")]
-            if b.label_ == a.label_ and ka not in kb and kb not in ka and between:
-                return s[: a.start_char] + b.text + s[a.end_char: b.start_char] + a.text + s[b.end_char:]
+            if swappable(sentence, a, b):
+                return exchange(sentence, a, b)
     return ""
 
 
