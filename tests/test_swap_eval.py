@@ -3,7 +3,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from quals_fast.training.swap_eval import _swap, build_swap_pairs, evaluate_swaps
+from quals_fast.training.swap_eval import _swap, build_news_swap_pairs, build_swap_pairs, evaluate_swaps
 
 
 def _doc(sentence, *ents):
@@ -84,5 +84,44 @@ def test_bad_pairs_file_is_refused(tmp_path, content, message):
     f.write_text(content)
     with pytest.raises(SystemExit, match=message):
         main(["eval-swaps", "--pairs", "1", "--pairs-file", str(f)])
-    with pytest.raises(SystemExit, match="exclude each other"):
-        main(["eval-swaps", "--pairs-file", str(f), "--save-pairs", str(tmp_path / "x.json")])
+    for other in (["--save-pairs", str(tmp_path / "x.json")], ["--news-file", str(f)]):
+        with pytest.raises(SystemExit, match="excludes --save-pairs and --news-file"):
+            main(["eval-swaps", "--pairs-file", str(f), *other])
+
+
+def test_news_swaps_exchange_entities_the_article_names():
+    s = "Ann beat Bob in Rome, and Cid watched."
+    doc = _doc(s, ("Ann", "PERSON"), ("Bob", "PERSON"), ("Cid", "PERSON"))
+    assert _swap(s, doc, source="Bob lost to Cid in Rome.") == "Ann beat Cid in Rome, and Bob watched."  # Ann is not in it
+    assert _swap(s, doc, source="Nobody here.") == ""
+
+
+def test_news_pairs_come_from_summaries_in_file_order(tmp_path, nlp):
+    import json
+
+    rows = [{"id": 7, "source": "Chelsea signed Kenneth Omeruo from Arsenal.", "summary": "It rained all day ."},
+            {"id": 8, "source": "Michael Gove was sacked by Theresa May on Monday.",
+             "summary": "Michael Gove says he was sacked by Theresa May ."}]
+    f = tmp_path / "news.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = build_news_swap_pairs(f, 5, nlp)
+    assert [(p["id"], p["swapped"]) for p in pairs] == [("news-8", "Theresa May says he was sacked by Michael Gove .")]
+    assert pairs[0]["source"] == rows[1]["source"] and pairs[0]["faithful"] == rows[1]["summary"]
+    f.write_text('{"id": 1, "text": "x"}\n')
+    with pytest.raises(ValueError, match="'source' and 'summary'"):
+        build_news_swap_pairs(f, 5, nlp)
+
+
+def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
+    import json
+
+    from quals_fast.cli import main
+    from quals_fast.training import swap_eval
+
+    out = tmp_path / "new" / "pairs.json"  # the folder is made
+    with pytest.raises(SystemExit, match="No such file"):
+        main(["eval-swaps", "--news-file", str(tmp_path / "missing.jsonl"), "--save-pairs", str(out)])
+    fixed = [{"id": "n-1", "source": "Ann beat Bob.", "faithful": "Ann beat Bob .", "swapped": "Bob beat Ann ."}]
+    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n: [dict(p) for p in fixed][:n])
+    assert main(["eval-swaps", "--news-file", "any.jsonl", "--pairs", "3", "--save-pairs", str(out)]) == 0
+    assert json.loads(out.read_text()) == fixed

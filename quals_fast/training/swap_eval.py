@@ -14,9 +14,11 @@ from pathlib import Path
 from quals_fast.training.qagen_data import SWAP_LABELS, VALID_FILE, exchange, read_squad, sentence_spans, swappable
 from quals_fast.training.qagen_eval import print_report
 
-def _swap(sentence: str, doc) -> str:
-    """`sentence` with its first two exchangeable named entities (`swappable`) exchanged, or ""."""
-    ents = [e for e in doc.ents if e.label_ in SWAP_LABELS]
+def _swap(sentence: str, doc, source: str | None = None) -> str:
+    """`sentence` with its first two exchangeable named entities (`swappable`) exchanged, or "".
+    With `source`, both entities must also appear in it: the swap then exchanges the roles of the
+    article's own participants, as a summary that garbles who did what would."""
+    ents = [e for e in doc.ents if e.label_ in SWAP_LABELS and (source is None or e.text in source)]
     for i, a in enumerate(ents):
         for b in ents[i + 1:]:
             if swappable(sentence, a, b):
@@ -45,6 +47,30 @@ def build_swap_pairs(data_dir, n: int = 40, nlp=None) -> list:
                 break
         if len(pairs) == n:
             break
+    return pairs
+
+
+def build_news_swap_pairs(path, n: int = 40, nlp=None) -> list:
+    """The same kind of pairs from a news file of `{id, source, summary}` lines (`../shared/data/news/`):
+    the system's summary is the "faithful" one, the swapped one exchanges two of its entities that
+    the article also names; summaries without such a pair are skipped, in file order. Real
+    abstractive summaries of real articles, so closer to what users score than a copied sentence;
+    the summaries were written by a system, so "faithful" means "as the system wrote it"."""
+    if nlp is None:
+        from quals_fast.reference.qags import load_spacy
+
+        nlp = load_spacy()
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("summary"), str) for r in rows):
+        raise ValueError(f"{path}: expected JSON lines with string fields 'source' and 'summary'")
+    pairs = []
+    for r, doc in zip(rows, nlp.pipe(r["summary"] for r in rows)):
+        swapped = _swap(r["summary"], doc, r["source"])
+        if swapped:
+            pairs.append({"id": f"{Path(path).stem}-{r.get('id', len(pairs))}", "source": r["source"],
+                          "faithful": r["summary"], "swapped": swapped})
+            if len(pairs) == n:
+                break
     return pairs
 
 
@@ -96,6 +122,8 @@ def register_cli(subparsers):
     p.add_argument("--pairs", type=int, default=40, help="number of (faithful, swapped) pairs (default 40)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
+    p.add_argument("--news-file", default=None, help="build the pairs from this news file of {id, source, summary} lines "
+                   "(e.g. ../shared/data/news/xsum_1000.jsonl) instead of SQuAD dev-b")
     p.add_argument("--pairs-file", default=None, help="score the pairs of this file (written by --save-pairs) instead of building them (needs no spaCy)")
     p.add_argument("--save-pairs", default=None, help="write the built pairs to this JSON file and stop")
     p.add_argument("--output", default=None, help="also write the figures and every pair's scores to this JSON file")
@@ -104,17 +132,19 @@ def register_cli(subparsers):
     def run(args):
         if args.pairs < 1:
             raise SystemExit("eval-swaps: --pairs must be >= 1")
-        if args.save_pairs and args.pairs_file:
-            raise SystemExit("eval-swaps: --save-pairs and --pairs-file exclude each other")
+        if args.pairs_file and (args.save_pairs or args.news_file):
+            raise SystemExit("eval-swaps: --pairs-file excludes --save-pairs and --news-file")
+        try:
+            pairs = (load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file
+                     else build_news_swap_pairs(args.news_file, args.pairs) if args.news_file else None)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"eval-swaps: {e}")
         if args.save_pairs:
-            pairs = build_swap_pairs(args.data_dir, args.pairs)
+            pairs = pairs if pairs is not None else build_swap_pairs(args.data_dir, args.pairs)
+            Path(args.save_pairs).parent.mkdir(parents=True, exist_ok=True)
             Path(args.save_pairs).write_text(json.dumps(pairs, indent=1) + "\n", encoding="utf-8")
             print(f"wrote {len(pairs)} pairs to {args.save_pairs}")
             return 0
-        try:
-            pairs = load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file else None
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"eval-swaps: {e}")
         result = evaluate_swaps(args.model, args.data_dir, args.pairs, args.batch_size, progress=not args.no_progress,
                                 pairs=pairs, device=args.device)
         print_report(result, args.output)
