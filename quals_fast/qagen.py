@@ -104,7 +104,8 @@ class QAGen:
     def encode_text(self, text: str, max_tokens: int) -> Tuple[List[int], bool]:
         """Text -> ids followed by EOS and no BOS (fairseq BART with no_bos), truncated as the
         reference truncates. Returns (ids, truncated)."""
-        ids = self._require_tokenizer()(text, add_special_tokens=False)["input_ids"]
+        # verbose=False: the tokenizer would warn of "indexing errors" on long texts that are truncated here
+        ids = self._require_tokenizer()(text, add_special_tokens=False, verbose=False)["input_ids"]
         return truncate_with_eos(ids + [self.spec.eos_id], min(max_tokens, self.spec.max_source_positions),
                                  self.spec.eos_id)
 

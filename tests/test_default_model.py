@@ -79,3 +79,14 @@ def test_lossless_tokenizers_search_the_summary_itself(tiny_model_dir):
 
     q = QAGen.load(tiny_model_dir)
     assert q.answer_search_text("the cat sat on the mat .") == "the cat sat on the mat ."
+
+
+def test_long_source_is_truncated_without_a_tokenizer_warning(capfd):
+    """A source past the model's 512 positions is cut (and flagged) here, so the tokenizer's
+    "will result in indexing errors" warning would only mislead."""
+    from quals_fast.qagen import QAGen
+
+    q = QAGen.load()
+    ids, truncated = q.encode_text("The council met again on Monday. " * 200, 10_000)
+    assert truncated and len(ids) == q.spec.max_source_positions and ids[-1] == q.spec.eos_id
+    assert "indexing errors" not in capfd.readouterr().err
