@@ -6,7 +6,8 @@ failure QUALS exists to catch (who did what) without touching the human-labelled
 hand-written pairs of `examples/pairs.jsonl` that the tests check. For evenly spread dev-b
 paragraphs, the first sentence holding two distinct named entities of one kind (people,
 organisations, places, nationalities) gives the faithful "summary" (the sentence verbatim) and the
-swapped one (the two entities exchanged); the source is the whole paragraph."""
+swapped one (the two entities exchanged); the source is the whole paragraph. With --news-file the
+pairs come from real news summaries instead (`build_news_swap_pairs`)."""
 import argparse
 import json
 from pathlib import Path
@@ -115,7 +116,7 @@ def evaluate_swaps(model_dir=None, data_dir="../shared/data/squad", n: int = 40,
 
 
 def register_cli(subparsers):
-    p = subparsers.add_parser("eval-swaps", help="held-out role-swap discrimination of a QAGen model (SQuAD dev-b)",
+    p = subparsers.add_parser("eval-swaps", help="held-out role-swap discrimination of a QAGen model (SQuAD dev-b or news summaries)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="QAGen model folder (default: the embedded model)")
     p.add_argument("--data-dir", default="../shared/data/squad", help="folder holding %s" % VALID_FILE)
