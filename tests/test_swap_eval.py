@@ -1,9 +1,10 @@
 """Role-swap evaluation: which entities get exchanged, the dev-b pairs, and a run on the fixture."""
+import json
 from types import SimpleNamespace as NS
 
 import pytest
 
-from quals_fast.training.swap_eval import _swap, build_news_swap_pairs, build_swap_pairs, evaluate_swaps
+from quals_fast.training.swap_eval import _substitute, _swap, build_news_swap_pairs, build_swap_pairs, evaluate_swaps
 
 
 def _doc(sentence, *ents):
@@ -57,7 +58,6 @@ def test_evaluate_runs_on_fixture(tiny_model_dir, data_dir, monkeypatch):
 
 
 def test_pairs_file_is_scored_as_saved(tiny_model_dir, data_dir, tmp_path, capsys):
-    import json
 
     from quals_fast.cli import main
 
@@ -97,7 +97,6 @@ def test_news_swaps_exchange_entities_the_article_names():
 
 
 def test_news_pairs_come_from_summaries_in_file_order(tmp_path, nlp):
-    import json
 
     rows = [{"id": 7, "source": "Chelsea signed Kenneth Omeruo from Arsenal.", "summary": "It rained all day ."},
             {"id": 8, "source": "Michael Gove was sacked by Theresa May on Monday.",
@@ -113,7 +112,6 @@ def test_news_pairs_come_from_summaries_in_file_order(tmp_path, nlp):
 
 
 def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
-    import json
 
     from quals_fast.cli import main
     from quals_fast.training import swap_eval
@@ -122,6 +120,30 @@ def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="No such file"):
         main(["eval-swaps", "--news-file", str(tmp_path / "missing.jsonl"), "--save-pairs", str(out)])
     fixed = [{"id": "n-1", "source": "Ann beat Bob.", "faithful": "Ann beat Bob .", "swapped": "Bob beat Ann ."}]
-    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n: [dict(p) for p in fixed][:n])
+    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption: [dict(p) for p in fixed][:n])
     assert main(["eval-swaps", "--news-file", "any.jsonl", "--pairs", "3", "--save-pairs", str(out)]) == 0
     assert json.loads(out.read_text()) == fixed
+
+
+def test_substitute_credits_the_article_s_other_participant():
+    source = "Mayweather beat Pacquiao. Mayweather was booed. Pacquiao blamed his shoulder, Arum said."
+    src = _doc(source, ("Mayweather", "PERSON"), ("Pacquiao", "PERSON"), ("Arum", "PERSON"))
+    src.ents += [NS(text="Mayweather", label_="PERSON", start_char=26, end_char=36)]  # named twice: the most frequent
+    s = "Pacquiao said a shoulder injury hampered him."
+    assert _substitute(s, _doc(s, ("Pacquiao", "PERSON")), src) == "Mayweather said a shoulder injury hampered him."
+    s = "Pacquiao and Mayweather met."  # the most frequent is already in the sentence: the next one
+    assert _substitute(s, _doc(s, ("Pacquiao", "PERSON"), ("Mayweather", "PERSON")), src) == "Arum and Mayweather met."
+    s = "Ali said a shoulder injury hampered him."  # the article does not name Ali
+    assert _substitute(s, _doc(s, ("Ali", "PERSON")), src) == ""
+    s = "Pacquiao beat Pacquiao."  # named twice: which one to replace is ambiguous
+    assert _substitute(s, _doc(s, ("Pacquiao", "PERSON")), src) == ""
+
+
+def test_news_substitution_pairs_from_a_file(tmp_path, nlp):
+    f = tmp_path / "news.jsonl"
+    source = "Michael Gove sacked Theresa May on Monday. Gove said Theresa May had to go. Boris Johnson agreed."
+    f.write_text(json.dumps({"id": 3, "source": source, "summary": "Boris Johnson has sacked Theresa May ."}) + "\n")
+    pairs = build_news_swap_pairs(f, 5, nlp, corruption="substitute")
+    assert [(p["id"], p["swapped"]) for p in pairs] == [("news-3", "Michael Gove has sacked Theresa May .")]
+    with pytest.raises(ValueError, match="corruption"):
+        build_news_swap_pairs(f, 5, nlp, corruption="negate")

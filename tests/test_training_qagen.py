@@ -360,6 +360,7 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(short_context_sentences=-1), "short_context_sentences"),
         (dict(answer_loss_weight=0.0), "answer_loss_weight"),
         (dict(swap_contrast_weight=-1.0), "swap_contrast_weight"),
+        (dict(swap_contrast_kind="both"), "swap_contrast_kind"),
         (dict(swap_margin=0.0), "swap_margin"),
         (dict(swap_pairs_per_step=0), "swap_pairs_per_step"),
         (dict(max_minutes=0.0), "max_minutes"),
@@ -442,6 +443,24 @@ def test_swap_contrast_pairs_exchange_the_answer_entity(tmp_path, warm, nlp):
     assert "shazam agreed to buy apple for" in texts[3] and texts[3].startswith("floyd mayweather beat manny")
     assert targets[0] == targets[1] == "who beat manny pacquiao? [qsep] floyd mayweather"
     assert targets[2] == targets[3] == "who agreed to buy shazam? [qsep] apple"
+
+
+def test_answer_contrast_pairs_keep_the_paragraph_and_swap_the_answer(tmp_path, warm, nlp):
+    tok = warm[1]
+    f = _squad_file(tmp_path / "s.json", SWAP_CONTEXT, [
+        ("Who lost on points?", "Manny Pacquiao"),
+        ("Who beat Manny Pacquiao?", "Floyd Mayweather"),    # the only other person is in the question
+        ("Where was the fight?", "Las Vegas"),               # no other place in its sentence
+        ("Which company is the buyer?", "Apple"),
+    ])
+    pairs = qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp, kind="answer")
+    targets = [tok.decode(p.targets[0]) for p in pairs]
+    same = tok(SWAP_CONTEXT, add_special_tokens=False).input_ids + [warmstart.EOS_ID]
+    assert len(pairs) == 4 and all(p.source == same for p in pairs)
+    assert targets == ["who lost on points? [qsep] manny pacquiao", "who lost on points? [qsep] floyd mayweather",
+                       "which company is the buyer? [qsep] apple", "which company is the buyer? [qsep] shazam"]
+    with pytest.raises(ValueError, match="kind"):
+        qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp, kind="question")
 
 
 def test_swap_contrast_loss_is_the_per_token_gap(warm, tmp_path, nlp):

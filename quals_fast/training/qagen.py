@@ -54,6 +54,7 @@ class TrainQAGenOptions:
     swap_contrast_weight: float = field(default=0.0, metadata={"help": "weight of a margin loss on role swaps: for questions whose answer is a named entity, the paragraph with that entity exchanged with another of its kind in its sentence must make the question and answer at least --swap-margin nats/token less likely than the paragraph itself (QUALS's source-vs-summary gap on a swapped summary); 0 = off (needs spaCy, the qags extra)"})
     swap_margin: float = field(default=1.0, metadata={"help": "margin (mean log-prob per target token) of --swap-contrast-weight"})
     swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
+    swap_contrast_kind: str = field(default="paragraph", metadata={"help": "what the false side of a role-swap pair changes: 'paragraph' (the two entities exchanged in the paragraph, same question and answer) or 'answer' (same paragraph and question, the other entity as the answer: how likely the source makes a swapped summary's answer)", "choices": qagen_data.CONTRAST_KINDS})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
@@ -80,7 +81,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions",
-        "swap_contrast_weight", "swap_margin", "swap_pairs_per_step",
+        "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -112,6 +113,8 @@ class TrainQAGenOptions:
             bad(f"swap_contrast_weight must be a number >= 0, got {self.swap_contrast_weight}")
         if not (self.swap_margin > 0 and math.isfinite(self.swap_margin)):
             bad(f"swap_margin must be a positive number, got {self.swap_margin}")
+        if self.swap_contrast_kind not in qagen_data.CONTRAST_KINDS:
+            bad(f"swap_contrast_kind must be one of {qagen_data.CONTRAST_KINDS}, got {self.swap_contrast_kind!r}")
         if not 0 <= self.label_smoothing < 1:
             bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 2 <= self.max_source_len <= 512:
@@ -292,7 +295,7 @@ class Recipe:
     build_short_paragraphs: Optional[Callable] = None
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
     build_subject_paragraphs: Optional[Callable] = None
-    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [faithful, swapped, ...]
+    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit, kind=) -> [faithful, swapped, ...]
     build_swap_contrast: Optional[Callable] = None
 
 
@@ -424,12 +427,14 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
     contrast, val_contrast = [], []
     if opt.swap_contrast_weight:
         contrast = recipe.build_swap_contrast(
-            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
+            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit,
+            kind=opt.swap_contrast_kind)
         if not contrast:
             raise ValueError("swap_contrast_weight: the training paragraphs give no role-swap pairs")
         # The first held-out pairs only: enough to follow the gap, cheap next to validation.
         val_contrast = recipe.build_swap_contrast(
-            [data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len, VAL_CONTRAST_PARAGRAPHS)
+            [data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len, VAL_CONTRAST_PARAGRAPHS,
+            kind=opt.swap_contrast_kind)
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)
     if spe < 1:

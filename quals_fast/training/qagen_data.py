@@ -219,6 +219,8 @@ def build_subject_paragraphs(
 
 # Named-entity kinds whose exchange changes who did what (people, organisations, places, nationalities).
 SWAP_LABELS = ("PERSON", "ORG", "GPE", "NORP", "LOC")
+# What a role-swap contrast pair varies: the paragraph (source) or the answer (target).
+CONTRAST_KINDS = ("paragraph", "answer")
 
 
 def swappable(text: str, a, b) -> bool:
@@ -245,13 +247,19 @@ def build_swap_contrast(
     max_target_len: int,
     max_paragraphs: int = 0,
     nlp=None,
+    kind: str = "paragraph",
 ) -> list[Paragraph]:
     """Contrast pairs for `--swap-contrast-weight`, flat as [faithful, swapped, faithful, ...], each
-    a `Paragraph` with one target: a question whose answer is a named entity, with its paragraph
-    as is and with that entity exchanged with another of its kind in the same sentence ("Arsenal
-    beat Chelsea" -> "Chelsea beat Arsenal"). The question and answer are true of the first and
-    false of the second: QUALS's source-vs-summary difference on a role swap, turned into a
-    training signal. Questions that give no such swap are left out."""
+    a `Paragraph` with one target, built from questions whose answer is a named entity with another
+    of its kind in the same sentence ("Arsenal beat Chelsea"). The first row of a pair is the
+    question and answer with the paragraph as is. The second, for `kind="paragraph"`, keeps that
+    target with the two entities exchanged in the paragraph ("Chelsea beat Arsenal"); for
+    `kind="answer"`, keeps the paragraph with the other entity as the answer. Either way the first
+    is true and the second false: QUALS's source-vs-summary difference on a role swap (the summary
+    side, or the source side's likelihood of a swapped summary's answer), turned into a training
+    signal. Questions that give no such swap are left out."""
+    if kind not in CONTRAST_KINDS:
+        raise ValueError(f"kind must be one of {CONTRAST_KINDS}, got {kind!r}")
     if nlp is None:
         from quals_fast.reference.qags import load_spacy
 
@@ -276,19 +284,29 @@ def build_swap_contrast(
             sent = next((s for s in spans if s[0] <= a.start_char < s[1]), None)
             partners = [b for b in ents if sent[0] <= b.start_char < sent[1] and not (start < b.end_char and b.start_char < end)]
             for b in partners:
+                if kind == "answer" and b.text.lower() in question.lower():
+                    continue  # "who beat Pacquiao? Pacquiao" is wrong on its face, teaches nothing
                 first, second = (a, b) if a.start_char < b.start_char else (b, a)
                 if swappable(context, first, second):
-                    sources += [context, exchange(context, first, second)]
-                    targets.append((question.strip(), answer))
+                    if kind == "paragraph":
+                        sources += [context, exchange(context, first, second)]
+                        targets += [(question.strip(), answer)] * 2
+                    else:
+                        # The wrong answer keeps the gold answer's wording around the entity
+                        # ("the Arsenal side" -> "the Chelsea side"), so only who differs.
+                        wrong = answer[: a.start_char - start] + b.text + answer[a.end_char - start :]
+                        sources += [context, context]
+                        targets += [(question.strip(), answer), (question.strip(), wrong)]
                     break
     src = _ids(tokenizer, sources)
     qs, ans = _ids(tokenizer, [q for q, _ in targets]), _ids(tokenizer, [a for _, a in targets])
     out = []
-    for k in range(len(targets)):
-        pos, neg = (s[: max_source_len - 1] + [EOS_ID] for s in src[2 * k : 2 * k + 2])
-        target = (qs[k] + [sep_id] + ans[k])[: max_target_len - 1]
-        if pos != neg:  # a swap past the truncation point changes nothing the model sees
-            out += [Paragraph(pos, [target]), Paragraph(neg, [target])]
+    for k in range(0, len(targets), 2):
+        pos, neg = (s[: max_source_len - 1] + [EOS_ID] for s in src[k : k + 2])
+        t_pos, t_neg = ((qs[j] + [sep_id] + ans[j])[: max_target_len - 1] for j in (k, k + 1))
+        # A swap past the truncation point changes nothing the model sees.
+        if (pos, t_pos) != (neg, t_neg):
+            out += [Paragraph(pos, [t_pos]), Paragraph(neg, [t_neg])]
     return out
 
 

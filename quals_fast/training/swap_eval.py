@@ -51,12 +51,40 @@ def build_swap_pairs(data_dir, n: int = 40, nlp=None) -> list:
     return pairs
 
 
-def build_news_swap_pairs(path, n: int = 40, nlp=None) -> list:
+def _substitute(sentence: str, doc, source_doc) -> str:
+    """`sentence` with one of its named entities replaced by another of its kind that the article
+    names and the sentence does not ("Pacquiao said ..." -> "Mayweather said ..."), or "". The
+    entity replaced is the first one the article also names that occurs once in the sentence; its
+    replacement, the article's most often named entity of that kind (ties: the first named). A
+    summary that credits the wrong participant is the error QUALS exists to catch."""
+    lower = sentence.lower()
+    counts: dict[tuple[str, str], int] = {}
+    for e in source_doc.ents:
+        if e.label_ in SWAP_LABELS:
+            counts[(e.label_, e.text)] = counts.get((e.label_, e.text), 0) + 1
+    by_kind: dict[str, list[str]] = {}
+    for (label, text), _ in sorted(counts.items(), key=lambda kv: -kv[1]):  # stable: ties keep first-named order
+        by_kind.setdefault(label, []).append(text)
+    for e in doc.ents:
+        if e.label_ not in SWAP_LABELS or sentence.count(e.text) != 1 or (e.label_, e.text) not in counts:
+            continue
+        for text in by_kind[e.label_]:
+            k = text.lower()
+            if k not in lower and k not in e.text.lower() and e.text.lower() not in k:
+                return sentence[: e.start_char] + text + sentence[e.end_char :]
+    return ""
+
+
+def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap") -> list:
     """The same kind of pairs from a news file of `{id, source, summary}` lines (`../shared/data/news/`):
-    the system's summary is the "faithful" one, the swapped one exchanges two of its entities that
-    the article also names; summaries without such a pair are skipped, in file order. Real
-    abstractive summaries of real articles, so closer to what users score than a copied sentence;
-    the summaries were written by a system, so "faithful" means "as the system wrote it"."""
+    the system's summary is the "faithful" one; the unfaithful one exchanges two of its entities
+    that the article also names (`corruption="swap"`), or replaces one of them by another
+    participant of the article (`"substitute"`, `_substitute`); summaries that allow neither are
+    skipped, in file order. Real abstractive summaries of real articles, so closer to what users
+    score than a copied sentence; the summaries were written by a system, so "faithful" means "as
+    the system wrote it"."""
+    if corruption not in NEWS_CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {NEWS_CORRUPTIONS}, got {corruption!r}")
     if nlp is None:
         from quals_fast.reference.qags import load_spacy
 
@@ -66,15 +94,19 @@ def build_news_swap_pairs(path, n: int = 40, nlp=None) -> list:
         raise ValueError(f"{path}: expected JSON lines with string fields 'source' and 'summary'")
     pairs = []
     for r, doc in zip(rows, nlp.pipe(r["summary"] for r in rows)):
-        swapped = _swap(r["summary"], doc, r["source"])
-        if swapped:
+        if corruption == "swap":
+            changed = _swap(r["summary"], doc, r["source"])
+        else:
+            changed = _substitute(r["summary"], doc, nlp(r["source"]))
+        if changed:
             pairs.append({"id": f"{Path(path).stem}-{r.get('id', len(pairs))}", "source": r["source"],
-                          "faithful": r["summary"], "swapped": swapped})
+                          "faithful": r["summary"], "swapped": changed})
             if len(pairs) == n:
                 break
     return pairs
 
 
+NEWS_CORRUPTIONS = ("swap", "substitute")
 PAIR_KEYS = ("id", "source", "faithful", "swapped")
 
 
@@ -125,6 +157,9 @@ def register_cli(subparsers):
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--news-file", default=None, help="build the pairs from this news file of {id, source, summary} lines "
                    "(e.g. ../shared/data/news/xsum_1000.jsonl) instead of SQuAD dev-b")
+    p.add_argument("--corruption", default="swap", choices=NEWS_CORRUPTIONS,
+                   help="with --news-file: exchange two entities of the summary (swap), or replace one by another "
+                   "participant the article names (substitute)")
     p.add_argument("--pairs-file", default=None, help="score the pairs of this file (written by --save-pairs) instead of building them (needs no spaCy)")
     p.add_argument("--save-pairs", default=None, help="write the built pairs to this JSON file and stop")
     p.add_argument("--output", default=None, help="also write the figures and every pair's scores to this JSON file")
@@ -137,7 +172,8 @@ def register_cli(subparsers):
             raise SystemExit("eval-swaps: --pairs-file excludes --save-pairs and --news-file")
         try:
             pairs = (load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file
-                     else build_news_swap_pairs(args.news_file, args.pairs) if args.news_file else None)
+                     else build_news_swap_pairs(args.news_file, args.pairs, corruption=args.corruption) if args.news_file
+                     else None)
         except (OSError, ValueError) as e:
             raise SystemExit(f"eval-swaps: {e}")
         if args.save_pairs:
