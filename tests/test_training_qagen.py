@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -358,6 +359,7 @@ def test_init_from_continues_a_trained_model(tmp_path):
         (dict(device="tpu"), "device"),
         (dict(label_smoothing=1.0), "label_smoothing"),
         (dict(short_context_sentences=-1), "short_context_sentences"),
+        (dict(renamed_copies=-1), "renamed_copies"),
         (dict(answer_loss_weight=0.0), "answer_loss_weight"),
         (dict(swap_contrast_weight=-1.0), "swap_contrast_weight"),
         (dict(swap_contrast_kind="both"), "swap_contrast_kind"),
@@ -461,6 +463,68 @@ def test_answer_contrast_pairs_keep_the_paragraph_and_swap_the_answer(tmp_path, 
                        "which company is the buyer? [qsep] apple", "which company is the buyer? [qsep] shazam"]
     with pytest.raises(ValueError, match="kind"):
         qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp, kind="question")
+
+
+# --- renamed copies (--renamed-copies) ----------------------------------------------------------
+
+class _Ent:
+    def __init__(self, text, label):
+        self.text, self.label_ = text, label
+
+
+def test_renaming_is_consistent_and_follows_the_surname():
+    context = "Manny Pacquiao lost to Floyd Mayweather in Las Vegas. Pacquiao said he was hurt."
+    ents = [_Ent("Manny Pacquiao", "PERSON"), _Ent("Floyd Mayweather", "PERSON"), _Ent("Las Vegas", "GPE"),
+            _Ent("Pacquiao", "PERSON")]
+    pool = {("PERSON", True): ["Serena Williams", "Andy Murray"], ("GPE", True): ["New York"]}
+    mapping = qagen_data.rename_entities(context, ents, pool, np.random.default_rng(0))
+    assert sorted(mapping) == ["Floyd Mayweather", "Las Vegas", "Manny Pacquiao", "Mayweather", "Pacquiao"]
+    assert {mapping["Manny Pacquiao"], mapping["Floyd Mayweather"]} == {"Serena Williams", "Andy Murray"}
+    assert mapping["Pacquiao"] == mapping["Manny Pacquiao"].split()[-1]
+    text, question = qagen_data.apply_renaming([context, "Who did Pacquiao lose to?"], mapping)
+    assert "Pacquiao" not in text and "Mayweather" not in text and "New York" in text
+    assert text.count(mapping["Pacquiao"]) == 2 and mapping["Pacquiao"] in question
+    # No name of the pool left that the paragraph lacks: nothing to rename.
+    assert qagen_data.rename_entities("Serena Williams met Andy Murray.", ents[:2], {("PERSON", True): ["Serena Williams"]},
+                                      np.random.default_rng(0)) == {}
+
+
+def test_renamed_copies_keep_the_questions_the_renaming_touches(tmp_path, warm, nlp):
+    tok = warm[1]
+    other = "Serena Williams beat Venus Williams at Wimbledon. Microsoft bought LinkedIn in 2016."
+    data = {"data": [{"paragraphs": [
+        {"context": c, "qas": [{"question": q, "answers": [{"text": a, "answer_start": c.index(a)}]} for q, a in qas]}
+        for c, qas in [(SWAP_CONTEXT, [("Who beat Manny Pacquiao?", "Floyd Mayweather"),
+                                       ("How much did it cost?", "about $400 million")]),
+                       (other, [("Who bought LinkedIn?", "Microsoft")])]]}]}
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(data))
+    paras = qagen_data.build_renamed_paragraphs([f], tok, 30522, 128, 32, copies=2, seed=3, nlp=nlp)
+    assert paras == qagen_data.build_renamed_paragraphs([f], tok, 30522, 128, 32, copies=2, seed=3, nlp=nlp)
+    first = [p for p in paras if "$ 400 million" in tok.decode(p.source)]
+    assert len(first) == 2  # one per copy; the question without a name is not repeated
+    for p in first:
+        text, (target,) = tok.decode(p.source[:-1]), [tok.decode(t) for t in p.targets]
+        assert "mayweather" not in text and "pacquiao" not in text
+        question, answer = target.split(" [qsep] ")
+        assert answer in text and "pacquiao" not in question and answer != "floyd mayweather"
+    with pytest.raises(ValueError, match="copies"):
+        qagen_data.build_renamed_paragraphs([f], tok, 30522, 128, 32, copies=0, nlp=nlp)
+
+
+def test_renamed_copies_join_the_training_questions(tmp_path, nlp):
+    _needs_data()
+    _minilm_dir()
+    starts = []
+    for name, copies in (("plain", 0), ("renamed", 1)):
+        qagen.train_qagen(_opts(tmp_path / name, steps=1, eval_every=0, save_every=0, train_limit=20, renamed_copies=copies))
+        log = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        starts.append(next(r for r in log if r["event"] == "start"))
+    assert starts[1]["train_questions"] > starts[0]["train_questions"] and starts[1]["val_questions"] == starts[0]["val_questions"]
+    from quals_fast.training import qg
+
+    with pytest.raises(ValueError, match="renamed_copies"):
+        qagen.train_qagen(_opts(tmp_path / "q", renamed_copies=1), qg.QG_RECIPE)
 
 
 def test_swap_contrast_loss_is_the_per_token_gap(warm, tmp_path, nlp):

@@ -65,7 +65,12 @@ def build_paragraphs(
     max_paragraphs: int = 0,
 ) -> list[Paragraph]:
     """Tokenised paragraphs of `files` in order (the first `max_paragraphs` if > 0)."""
-    raw = first_paragraphs(files, max_paragraphs, read_squad)
+    return tokenise_paragraphs(first_paragraphs(files, max_paragraphs, read_squad), tokenizer, sep_id,
+                               max_source_len, max_target_len)
+
+
+def tokenise_paragraphs(raw, tokenizer, sep_id: int, max_source_len: int, max_target_len: int) -> list[Paragraph]:
+    """[(text, [(question, answer), ...]), ...] -> `Paragraph`s, truncated to the length limits."""
     # One batched tokenizer call per field: ~10x faster than per-example calls.
     ctx = _ids(tokenizer, [c for c, _ in raw])
     qs = _ids(tokenizer, [q.strip() for _, qas in raw for q, _ in qas])
@@ -188,10 +193,7 @@ def build_subject_paragraphs(
     """Rule-made questions (`subject_question`) about the sentences of the training paragraphs,
     with the whole paragraph as input, one `Paragraph` per paragraph that yields any. SQuAD's
     questions are mostly about dates, numbers and descriptions; these add who/what-did-it ones."""
-    if nlp is None:
-        from quals_fast.reference.qags import load_spacy
-
-        nlp = load_spacy()
+    nlp = _spacy(nlp)
     raw = first_paragraphs(files, max_paragraphs, read_squad)
     owner, sentences = [], []
     for p, (context, _) in enumerate(raw):
@@ -260,10 +262,7 @@ def build_swap_contrast(
     signal. Questions that give no such swap are left out."""
     if kind not in CONTRAST_KINDS:
         raise ValueError(f"kind must be one of {CONTRAST_KINDS}, got {kind!r}")
-    if nlp is None:
-        from quals_fast.reference.qags import load_spacy
-
-        nlp = load_spacy()
+    nlp = _spacy(nlp)
     raw = first_paragraphs(files, max_paragraphs, _squad_items)
     sources, targets = [], []
     docs = nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"])
@@ -308,6 +307,96 @@ def build_swap_contrast(
         if (pos, t_pos) != (neg, t_neg):
             out += [Paragraph(pos, [t_pos]), Paragraph(neg, [t_neg])]
     return out
+
+
+# Who and where: the kinds a renaming keeps readable. Nationalities and other locations are left
+# as they are, since the small spaCy model tags many plain words as them ("Catholic", "Marian").
+RENAME_LABELS = ("PERSON", "ORG", "GPE")
+
+
+def _name_pool(docs) -> dict[tuple[str, bool], list[str]]:
+    """Distinct entity names of `docs` by (kind, several words?), in first-seen order."""
+    pool: dict[tuple[str, bool], dict[str, None]] = {}
+    for doc in docs:
+        for e in doc.ents:
+            if e.label_ in RENAME_LABELS and e.text.strip() == e.text:
+                pool.setdefault((e.label_, " " in e.text), {})[e.text] = None
+    return {k: list(v) for k, v in pool.items()}
+
+
+def rename_entities(context: str, ents, pool: dict[tuple[str, bool], list[str]], rng) -> dict[str, str]:
+    """A consistent renaming of the named entities `ents` of `context`: each distinct name to
+    another name of its kind (and word count) from `pool` that `context` does not contain. A
+    person's surname alone ("Pacquiao" beside "Manny Pacquiao") follows the full name's new
+    surname, so that later mentions still point at the same person."""
+    mapping: dict[str, str] = {}
+    names = sorted({e.text: e.label_ for e in ents if e.label_ in RENAME_LABELS}.items(), key=lambda kv: -len(kv[0].split()))
+    used = set()
+    for name, label in names:
+        if name in mapping:
+            continue
+        choices = pool.get((label, " " in name), [])
+        for _ in range(8):  # a few draws: most names are not in the paragraph
+            new = choices[int(rng.integers(len(choices)))] if choices else None
+            if new is None or (new not in context and new not in used):
+                break
+        else:
+            new = None
+        if new is None:
+            continue
+        mapping[name] = new
+        used.add(new)
+        if label == "PERSON" and " " in name:
+            mapping.setdefault(name.split()[-1], new.split()[-1])
+    return mapping
+
+
+def apply_renaming(texts: Sequence[str], mapping: dict[str, str]) -> list[str]:
+    """`texts` with every whole-word occurrence of a `mapping` key replaced in one pass (longest
+    name first, so "Manny Pacquiao" is not read as "Pacquiao")."""
+    if not mapping:
+        return list(texts)
+    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)) + r")(?!\w)")
+    return [pattern.sub(lambda m: mapping[m.group(1)], t) for t in texts]
+
+
+def build_renamed_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: int, max_source_len: int,
+                             max_target_len: int, max_paragraphs: int = 0, *, copies: int = 1, seed: int = 0,
+                             nlp=None) -> list[Paragraph]:
+    """`copies` renamed versions of every training paragraph: its people, organisations and places
+    consistently replaced (paragraph, questions and answers alike) by other names of their kind
+    from the training paragraphs (`rename_entities`). Each copy keeps only the questions the
+    renaming touches and whose answer is still a span of the renamed paragraph. With names it has
+    never seen together, the model cannot answer "who beat Pacquiao?" from what it memorised
+    about the names: only reading the paragraph tells it, which is what QUALS asks of the source."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    nlp = _spacy(nlp)
+    raw = first_paragraphs(files, max_paragraphs, read_squad)
+    docs = list(nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"]))
+    pool = _name_pool(docs)
+    renamed = []
+    for copy in range(copies):
+        rng = np.random.default_rng([seed, 2, copy])
+        for (context, qas), doc in zip(raw, docs):
+            mapping = rename_entities(context, doc.ents, pool, rng)
+            if not mapping:
+                continue
+            new = apply_renaming([context] + [t.strip() for qa in qas for t in qa], mapping)
+            kept = [(q, a) for (q, a), (oq, oa) in zip(zip(new[1::2], new[2::2]), qas)
+                    if (q, a) != (oq.strip(), oa.strip()) and a in new[0]]
+            if kept:
+                renamed.append((new[0], kept))
+    return tokenise_paragraphs(renamed, tokenizer, sep_id, max_source_len, max_target_len)
+
+
+def _spacy(nlp):
+    """`nlp`, or the qags extra's spaCy pipeline when None (loaded only by the options that need it)."""
+    if nlp is None:
+        from quals_fast.reference.qags import load_spacy
+
+        nlp = load_spacy()
+    return nlp
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
