@@ -345,6 +345,40 @@ def test_init_from_continues_a_trained_model(tmp_path):
     assert summary["step"] == 2 and (tmp_path / "c" / "best" / "config.json").is_file()
 
 
+def test_init_from_deepens_the_decoder_with_copies_of_its_layers(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    a = tmp_path / "a"
+    qagen.train_qagen(_opts(a, steps=2, eval_every=2, save_every=2, decoder_layers=2))
+    best = a / "best"
+    small, _ = warmstart.load_qagen_for_training(best)
+    model, _ = qagen.QAGEN_RECIPE.build_model(_opts(tmp_path / "c", init_from=str(best), decoder_layers=5))
+    assert model.config.decoder_layers == 5
+    deep = model.state_dict()
+    prefix = "model.decoder.layers."
+    for k, v in small.state_dict().items():
+        assert torch.equal(deep[k], v), k  # everything the small model has stays as it was
+        if k.startswith(prefix):
+            i, rest = k[len(prefix):].split(".", 1)
+            for j in range(int(i) + 2, 5, 2):
+                assert torch.equal(deep[f"{prefix}{j}.{rest}"], v), (j, rest)
+    layers = model.model.decoder.layers
+    assert [layer.self_attn.layer_idx for layer in layers] == list(range(5))
+
+    model.eval()
+    src = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():  # the per-layer generation cache gives what full recomputation gives
+        cached = model.generate(src, max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False, use_cache=True)
+        uncached = model.generate(src, max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+    qagen.train_qagen(_opts(tmp_path / "c", steps=2, eval_every=2, save_every=2, init_from=str(best), decoder_layers=5))
+    cfg = json.loads((tmp_path / "c" / "best" / "config.json").read_text())
+    assert cfg["decoder_layers"] == 5 and cfg["qagen_deepened_from"] == 2
+    with pytest.raises(ValueError, match="never cut"):
+        qagen.QAGEN_RECIPE.build_model(_opts(tmp_path / "d", init_from=str(best), decoder_layers=1))
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [

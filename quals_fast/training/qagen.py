@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import qagen_data
-from .warmstart import build_warmstart_model, load_qagen_for_training
+from .warmstart import build_warmstart_model, deepen_decoder, load_qagen_for_training
 
 DTYPES = ("fp32", "bf16", "fp16")
 VAL_CONTRAST_PARAGRAPHS = 300  # dev-b paragraphs whose role swaps validation follows
@@ -58,7 +58,7 @@ class TrainQAGenOptions:
     swap_contrast_kind: str = field(default="paragraph", metadata={"help": "what the false side of a role-swap pair changes: 'paragraph' (the two entities exchanged in the paragraph, same question and answer) or 'answer' (same paragraph and question, the other entity as the answer: how likely the source makes a swapped summary's answer)", "choices": qagen_data.CONTRAST_KINDS})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
-    decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers"})
+    decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers; with --init-from, a depth above the model's stacks copies of its trained layers on top (never below it)"})
     cross_attention_init: str = field(default="self", metadata={"help": "decoder cross-attention init: 'self' (copy of the layer's MiniLM self-attention; learns to use the source much faster) or 'normal' (fresh N(0, 0.02))", "choices": ("self", "normal")})
     max_source_len: int = field(default=512, metadata={"help": "encoder positions incl. the final [SEP] (<= 512)"})
     max_target_len: int = field(default=64, metadata={"help": "decoder positions incl. the final [SEP]"})
@@ -271,7 +271,8 @@ def evaluate(model, paragraphs, items, batch_size, device, dtype, recipe: "Recip
 
 def _build_qagen_model(opt: TrainQAGenOptions):
     if opt.init_from:
-        return load_qagen_for_training(opt.init_from)
+        model, tok = load_qagen_for_training(opt.init_from)
+        return deepen_decoder(model, opt.decoder_layers), tok
     return build_warmstart_model(
         opt.minilm_dir, opt.decoder_layers, seed=opt.seed, cross_attention_init=opt.cross_attention_init)
 

@@ -281,6 +281,41 @@ def load_qagen_for_training(model_dir: Path | str):
     return model, tok
 
 
+@torch.no_grad()
+def deepen_decoder(model, decoder_layers: int):
+    """Return a copy of a trained QAGen `model` with `decoder_layers` decoder layers, the new ones
+    stacked on top as copies of the trained ones (layer i starts as layer i mod L, L the old
+    depth). A post-LayerNorm layer cannot be added as an exact identity (its LayerNorms
+    re-normalise what passes through), so the new layers start from weights that already relate
+    question and source rather than from nothing: the loss jumps once and recovers in steps, where
+    fresh layers would need a MiniLM-scale warm start again. Built as a new model from the
+    widened config so that every layer knows its own index (the generation cache is per layer)."""
+    import copy
+
+    from transformers import BartForConditionalGeneration
+
+    old = model.config.decoder_layers
+    if decoder_layers < old:
+        raise ValueError(f"decoder_layers {decoder_layers} is below the model's {old}: a decoder is deepened, never cut")
+    if decoder_layers == old:
+        return model
+    cfg = copy.deepcopy(model.config)
+    cfg.decoder_layers = decoder_layers
+    cfg.qagen_deepened_from = old
+    state = model.state_dict()
+    prefix = "model.decoder.layers."
+    for key in [k for k in state if k.startswith(prefix)]:
+        index, rest = key[len(prefix):].split(".", 1)
+        for j in range(int(index) + old, decoder_layers, old):
+            state[f"{prefix}{j}.{rest}"] = state[key].clone()
+    deeper = BartForConditionalGeneration(cfg).to(next(model.parameters()).dtype)
+    deeper.load_state_dict(state, strict=True)
+    deeper.tie_weights()
+    deeper.train(model.training)
+    _set_generation_config(deeper)
+    return deeper
+
+
 def save_model_folder(model, tokenizer, out_dir: Path | str, dtype: torch.dtype | None = None) -> Path:
     """A self-contained model folder (safetensors + config + generation config + tokenizer)."""
     import copy
