@@ -102,11 +102,12 @@ class QAGen:
                              "pass the checkpoint's separator" % (self.separator, round_trip))
 
     def encode_text(self, text: str, max_tokens: int) -> Tuple[List[int], bool]:
-        """Text -> ids followed by EOS and no BOS (fairseq BART with no_bos), truncated as the
-        reference truncates. Returns (ids, truncated)."""
+        """Text -> ids followed by EOS, truncated as the reference truncates; no BOS (fairseq BART
+        with no_bos) unless the model asks for one (`ModelSpec.source_bos`). Returns (ids, truncated)."""
         # verbose=False: the tokenizer would warn of "indexing errors" on long texts that are truncated here
         ids = self._require_tokenizer()(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return truncate_with_eos(ids + [self.spec.eos_id], min(max_tokens, self.spec.max_source_positions),
+        bos = [self.spec.bos_id] if self.spec.source_bos else []
+        return truncate_with_eos(bos + ids + [self.spec.eos_id], min(max_tokens, self.spec.max_source_positions),
                                  self.spec.eos_id)
 
     def decode(self, tokens: Sequence[int]) -> str:

@@ -41,6 +41,30 @@ def test_same_pairs_and_scores_as_engine(both):
             assert r.score == pytest.approx(e.score, abs=1e-4)
 
 
+def test_a_model_that_asks_for_bos_gets_it_in_both(tiny_model_dir, tmp_path):
+    """`qagen_source_bos` in the config puts bos before every encoder input, the summary QAGen
+    reads and the source it is rescored against, in the engine and the reference alike."""
+    import json
+    import shutil
+
+    model = tmp_path / "bos"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["qagen_source_bos"] = True
+    (model / "config.json").write_text(json.dumps(cfg))
+    scorer = QualsScorer(str(model), **SETTINGS[0])
+    ids, _ = scorer.qagen.encode_text(SUMMARIES[0], 1024)
+    plain, _ = QualsScorer(str(tiny_model_dir)).qagen.encode_text(SUMMARIES[0], 1024)
+    assert ids == [cfg["bos_token_id"]] + plain
+    engine = scorer.score(SOURCES, SUMMARIES, batch_size=2)
+    reference = quals_reference(model, SOURCES, SUMMARIES, batch_size=2, **SETTINGS[0])
+    assert any(r.pairs for r in reference)
+    for e, r in zip(engine, reference):
+        assert [p.tokens for p in e.pairs] == [p.tokens for p in r.pairs]
+        for pe, pr in zip(e.pairs, r.pairs):
+            assert pr.source_score == pytest.approx(pe.source_score, abs=1e-4)
+
+
 def test_selection_round_robin_and_duplicates():
     sep = " strutConnector"
     cands = [("q1" + sep + "Paris", 5.0), ("q2" + sep + "paris", 4.0), ("q3" + sep + "Monday", 3.0),

@@ -379,6 +379,37 @@ def test_init_from_deepens_the_decoder_with_copies_of_its_layers(tmp_path):
         qagen.QAGEN_RECIPE.build_model(_opts(tmp_path / "d", init_from=str(best), decoder_layers=1))
 
 
+def test_with_source_bos_prefixes_within_the_length_limit():
+    eos = warmstart.EOS_ID
+    paras = [qagen_data.Paragraph([5, 6, 7, eos], [[1, 2]]), qagen_data.Paragraph([5, eos], [[3]])]
+    out = qagen_data.with_source_bos(paras, warmstart.BOS_ID, 4)
+    assert [p.source for p in out] == [[warmstart.BOS_ID, 5, 6, eos], [warmstart.BOS_ID, 5, eos]]
+    assert [p.targets for p in out] == [[[1, 2]], [[3]]]
+
+
+def test_source_bos_is_recorded_kept_and_used_by_the_scorer(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    from quals_fast.qagen import QAGen
+
+    plain, bos = tmp_path / "plain", tmp_path / "bos"
+    qagen.train_qagen(_opts(plain, steps=2, eval_every=2, save_every=2))
+    qagen.train_qagen(_opts(bos, steps=2, eval_every=2, save_every=2, init_from=str(plain / "best"), source_bos=True))
+    cfg = json.loads((bos / "best" / "config.json").read_text())
+    assert cfg["qagen_source_bos"] is True and cfg["qagen_input_format"] == warmstart.SOURCE_BOS_FORMAT
+    assert "qagen_source_bos" not in json.loads((plain / "best" / "config.json").read_text())
+
+    q, q_plain = QAGen.load(bos / "best"), QAGen.load(plain / "best")
+    ids, _ = q.encode_text("Pacquiao lost on points.", 512)
+    assert ids == [warmstart.BOS_ID] + q_plain.encode_text("Pacquiao lost on points.", 512)[0]
+    ids, truncated = q.encode_text("word " * 600, 10_000)
+    assert truncated and len(ids) == 512 and ids[0] == warmstart.BOS_ID and ids[-1] == warmstart.EOS_ID
+
+    again = tmp_path / "again"  # a model trained with it keeps it without the flag
+    qagen.train_qagen(_opts(again, steps=1, eval_every=1, save_every=1, init_from=str(bos / "best")))
+    assert json.loads((again / "best" / "config.json").read_text())["qagen_source_bos"] is True
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [

@@ -18,6 +18,14 @@ class ModelSpec:
     decoder_start_id: int
     max_source_positions: int
     max_target_positions: int
+    # Encoders warm-started from BERT read position 0 as [CLS]: a word there cannot be copied into
+    # a question or answer, and a summary's first word is usually who did what. Such models put
+    # bos before every input (config `qagen_source_bos`); fairseq QAGen (no_bos) does not.
+    source_bos: bool = False
+
+    def __post_init__(self):
+        if self.source_bos and self.bos_id is None:
+            raise ValueError("the config asks for a bos before every input (qagen_source_bos) but has no bos_token_id")
 
 
 class Backend(Protocol):

@@ -87,7 +87,8 @@ def spec_from_config(cfg: dict) -> ModelSpec:
     return ModelSpec(vocab_size=cfg["vocab_size"], pad_id=cfg["pad_token_id"], eos_id=cfg["eos_token_id"],
                      bos_id=cfg.get("bos_token_id"),
                      decoder_start_id=start if start is not None else cfg["eos_token_id"],
-                     max_source_positions=positions, max_target_positions=positions)
+                     max_source_positions=positions, max_target_positions=positions,
+                     source_bos=bool(cfg.get("qagen_source_bos", False)))
 
 
 @dataclass

@@ -63,6 +63,7 @@ class TorchBackend:
             decoder_start_id=cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.eos_token_id,
             max_source_positions=cfg.max_position_embeddings,
             max_target_positions=cfg.max_position_embeddings,
+            source_bos=bool(getattr(cfg, "qagen_source_bos", False)),
         )
         self._decoder = model.model.decoder
         self._encoder = model.model.encoder

@@ -52,9 +52,9 @@ def load_reference_model(model_dir, device="cpu"):
     return model, tok
 
 
-def encode_text(tok, text: str, limit: int, eos_id: int) -> List[int]:
+def encode_text(tok, text: str, limit: int, eos_id: int, bos_id: Optional[int] = None) -> List[int]:
     # The original's truncation: keep `limit` tokens and make the last one EOS.
-    ids = tok(text, add_special_tokens=False)["input_ids"] + [eos_id]
+    ids = ([] if bos_id is None else [bos_id]) + tok(text, add_special_tokens=False)["input_ids"] + [eos_id]
     if len(ids) > limit:
         ids = ids[:limit]
         ids[-1] = eos_id
@@ -187,11 +187,12 @@ def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str],
     eos, pad = cfg.eos_token_id, cfg.pad_token_id
     start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else eos
     positions = cfg.max_position_embeddings
+    bos = cfg.bos_token_id if getattr(cfg, "qagen_source_bos", False) else None
     results = []
     for b in range(0, len(sources), batch_size):
         srcs, summs = list(sources[b: b + batch_size]), list(summaries[b: b + batch_size])
         t = time.perf_counter()
-        summ_ids = [encode_text(tokenizer, s, positions, eos) for s in summs]
+        summ_ids = [encode_text(tokenizer, s, positions, eos, bos) for s in summs]
         stepper = _HFStepper(model, summ_ids, num_beams, pad)
         hyps = generate_reference(stepper, len(summs), num_beams, num_groups, diversity_strength, min_len,
                                   min(max_len, positions - 1), pad_id=pad, eos_id=eos, decoder_start_id=start,
@@ -202,7 +203,7 @@ def quals_reference(model_dir, sources: Sequence[str], summaries: Sequence[str],
             kept = select_pairs([(x, h.unnormalized_score) for x, h in zip(texts, hs)],
                                 answer_search_text(tokenizer, summ), sep, max_pairs)
             t = _tick(timings, "selection", t)
-            src_ids = encode_text(tokenizer, src, min(max_source_tokens, positions), eos)
+            src_ids = encode_text(tokenizer, src, min(max_source_tokens, positions), eos, bos)
             pairs = []
             for i, question, answer in kept:
                 tokens = [int(t) for t in hs[i].tokens]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import qagen_data
-from .warmstart import build_warmstart_model, deepen_decoder, load_qagen_for_training
+from .warmstart import SOURCE_BOS_FORMAT, build_warmstart_model, deepen_decoder, load_qagen_for_training
 
 DTYPES = ("fp32", "bf16", "fp16")
 VAL_CONTRAST_PARAGRAPHS = 300  # dev-b paragraphs whose role swaps validation follows
@@ -48,6 +48,7 @@ class TrainQAGenOptions:
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases / LayerNorms)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
+    source_bos: bool = field(default=False, metadata={"help": "put [CLS] (the model's bos) before every encoder input, in training and, through the saved config (qagen_source_bos), in scoring: a BERT encoder reads position 0 as [CLS] and cannot copy the word there (a model that already has it keeps it)"})
     answer_loss_weight: float = field(default=1.0, metadata={"help": "weight of the answer tokens (after the separator, with the final [SEP]) in the training loss; QUALS's rescoring rests on how likely the answer is given the question, which is a small share of the target tokens (the logged training loss is the weighted one; validation loss is always unweighted)"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
@@ -82,7 +83,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions", "renamed_copies",
-        "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind",
+        "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -302,11 +303,14 @@ class Recipe:
     build_swap_contrast: Optional[Callable] = None
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit, copies=, seed=) -> [Paragraph]
     build_renamed_paragraphs: Optional[Callable] = None
+    # whether the model this recipe trains is scored through QAGen.encode_text (`source_bos`)
+    supports_source_bos: bool = False
 
 
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
                       qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs,
-                      qagen_data.build_swap_contrast, qagen_data.build_renamed_paragraphs)
+                      qagen_data.build_swap_contrast, qagen_data.build_renamed_paragraphs,
+                      supports_source_bos=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +422,12 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         raise ValueError("renamed_copies is not supported by this model's recipe")
     if opt.swap_contrast_weight and recipe.build_swap_contrast is None:
         raise ValueError("swap_contrast_weight is not supported by this model's recipe")
+    if opt.source_bos and not recipe.supports_source_bos:
+        raise ValueError("source_bos is not supported by this model's recipe")
     model, tok = recipe.build_model(opt)
+    if opt.source_bos:
+        model.config.qagen_source_bos = True
+        model.config.qagen_input_format = SOURCE_BOS_FORMAT
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
     train_paras = recipe.build_paragraphs(
@@ -446,6 +455,10 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         val_contrast = recipe.build_swap_contrast(
             [data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len, VAL_CONTRAST_PARAGRAPHS,
             kind=opt.swap_contrast_kind)
+    if getattr(model.config, "qagen_source_bos", False):
+        train_paras, val_paras, contrast, val_contrast = (
+            qagen_data.with_source_bos(ps, model.config.bos_token_id, opt.max_source_len)
+            for ps in (train_paras, val_paras, contrast, val_contrast))
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)
     if spe < 1:

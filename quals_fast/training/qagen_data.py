@@ -85,6 +85,18 @@ def tokenise_paragraphs(raw, tokenizer, sep_id: int, max_source_len: int, max_ta
     return paras
 
 
+def with_source_bos(paragraphs: Sequence[Paragraph], bos_id: int, max_source_len: int) -> list[Paragraph]:
+    """`paragraphs` with `bos_id` before each source, still at most `max_source_len` ids ending in
+    eos (truncated as `QAGen.encode_text` truncates), for models with `qagen_source_bos`."""
+    out = []
+    for p in paragraphs:
+        src = [bos_id] + p.source
+        if len(src) > max_source_len:
+            src = src[: max_source_len - 1] + [EOS_ID]
+        out.append(Paragraph(src, p.targets))
+    return out
+
+
 # A sentence ends at . ! or ? (and any closing quote/bracket) before whitespace and an upper-case
 # letter, digit or opening quote. Crude: an abbreviation before a capital ("the U.S. Army") splits
 # wrongly, which only shortens one training input.

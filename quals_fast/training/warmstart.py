@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import torch
 
 SEPARATOR_TOKEN = "[qsep]"
+INPUT_FORMAT = "text tokens + [SEP] (eos), no bos; max 512 positions"
+SOURCE_BOS_FORMAT = "[CLS] (bos) + text tokens + [SEP] (eos); max 512 positions"
 # BERT's ids, reused with BART's roles (see module docstring of qagen.py for the input format).
 PAD_ID, BOS_ID, EOS_ID = 0, 101, 102
 
@@ -96,7 +98,7 @@ def bart_config_from_bert(bert_cfg, vocab_size: int, decoder_layers: int, sep_id
     cfg.qagen_separator = " " + SEPARATOR_TOKEN
     cfg.qagen_separator_token = SEPARATOR_TOKEN
     cfg.qagen_separator_token_id = sep_id
-    cfg.qagen_input_format = "text tokens + [SEP] (eos), no bos; max 512 positions"
+    cfg.qagen_input_format = INPUT_FORMAT
     return cfg
 
 
