@@ -107,6 +107,21 @@ def test_separator_the_tokenizer_cannot_produce(tiny_model_dir):
         QAGen.load(tiny_model_dir, separator=" strutConnector")
 
 
+def test_bos_before_inputs_needs_a_bos_id(tiny_model_dir, tmp_path):
+    import shutil
+
+    from quals_fast.backends.onnx_backend import spec_from_config
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert spec_from_config({**cfg, "qagen_source_bos": True}).source_bos
+    assert not spec_from_config(cfg).source_bos
+    cfg.update(qagen_source_bos=True, bos_token_id=None)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no bos_token_id"):
+        QAGen.load(tmp_path / "m")
+
+
 def test_text_api_needs_a_tokenizer(oracle_dir):
     m = QAGen.load(oracle_dir / "model")
     with pytest.raises(ValueError, match="no tokenizer"):
