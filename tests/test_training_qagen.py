@@ -405,6 +405,13 @@ def test_source_bos_is_recorded_kept_and_used_by_the_scorer(tmp_path):
     ids, truncated = q.encode_text("word " * 600, 10_000)
     assert truncated and len(ids) == 512 and ids[0] == warmstart.BOS_ID and ids[-1] == warmstart.EOS_ID
 
+    from quals_fast.training import average  # an average validates as its run did: with the bos
+
+    model, tok = warmstart.load_qagen_for_training(bos / "best")
+    logged = [json.loads(line) for line in (bos / "log.jsonl").read_text().splitlines()]
+    val = next(r["val_loss"] for r in logged if r["event"] == "validation")
+    assert average.validation_loss(model, tok, DATA, 8, max_source_len=48, max_target_len=24)[0] == pytest.approx(val, rel=1e-3)
+
     again = tmp_path / "again"  # a model trained with it keeps it without the flag
     qagen.train_qagen(_opts(again, steps=1, eval_every=1, save_every=1, init_from=str(bos / "best")))
     assert json.loads((again / "best" / "config.json").read_text())["qagen_source_bos"] is True

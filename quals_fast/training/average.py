@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .qagen_data import VALID_FILE, build_paragraphs, validation_items
+from .qagen_data import VALID_FILE, as_model_reads, build_paragraphs, validation_items
 
 
 def _weights_file(path: Path) -> Path:
@@ -69,7 +69,8 @@ def validation_loss(model, tokenizer, data_dir, val_examples: int = 400, max_sou
     from .qagen import QAGEN_RECIPE, evaluate
 
     sep_id = model.config.qagen_separator_token_id
-    paras = build_paragraphs([Path(data_dir) / VALID_FILE], tokenizer, sep_id, max_source_len, max_target_len)
+    paras = as_model_reads(build_paragraphs([Path(data_dir) / VALID_FILE], tokenizer, sep_id, max_source_len,
+                                            max_target_len), model.config, max_source_len)
     items = validation_items(paras, val_examples)
     return evaluate(model, paras, items, batch_size, torch.device("cpu"), "fp32", QAGEN_RECIPE), len(items)
 

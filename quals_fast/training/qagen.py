@@ -455,10 +455,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         val_contrast = recipe.build_swap_contrast(
             [data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len, VAL_CONTRAST_PARAGRAPHS,
             kind=opt.swap_contrast_kind)
-    if getattr(model.config, "qagen_source_bos", False):
-        train_paras, val_paras, contrast, val_contrast = (
-            qagen_data.with_source_bos(ps, model.config.bos_token_id, opt.max_source_len)
-            for ps in (train_paras, val_paras, contrast, val_contrast))
+    train_paras, val_paras, contrast, val_contrast = (qagen_data.as_model_reads(ps, model.config, opt.max_source_len)
+                                                      for ps in (train_paras, val_paras, contrast, val_contrast))
     val_items = validation_items(val_paras, opt.val_examples)
     spe = steps_per_epoch(train_paras, opt.batch_size)
     if spe < 1:

@@ -97,6 +97,14 @@ def with_source_bos(paragraphs: Sequence[Paragraph], bos_id: int, max_source_len
     return out
 
 
+def as_model_reads(paragraphs: Sequence[Paragraph], config, max_source_len: int) -> list[Paragraph]:
+    """`paragraphs` as the model of `config` reads them: with its bos first if it has
+    `qagen_source_bos`, else unchanged."""
+    if getattr(config, "qagen_source_bos", False):
+        return with_source_bos(paragraphs, config.bos_token_id, max_source_len)
+    return list(paragraphs)
+
+
 # A sentence ends at . ! or ? (and any closing quote/bracket) before whitespace and an upper-case
 # letter, digit or opening quote. Crude: an abbreviation before a capital ("the U.S. Army") splits
 # wrongly, which only shortens one training input.
