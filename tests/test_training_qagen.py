@@ -4,6 +4,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -652,7 +653,8 @@ def four_step_run(tmp_path_factory):
     _minilm_dir()
     run = tmp_path_factory.mktemp("avg") / "run"
     qagen.train_qagen(_opts(run, steps=4, eval_every=2, save_every=2))
-    return run
+    yield run
+    shutil.rmtree(run.parent, ignore_errors=True)  # module-scoped dirs otherwise live until the session ends
 
 
 def test_average_is_the_mean_of_its_inputs(tmp_path, four_step_run):
