@@ -120,7 +120,7 @@ def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="No such file"):
         main(["eval-swaps", "--news-file", str(tmp_path / "missing.jsonl"), "--save-pairs", str(out)])
     fixed = [{"id": "n-1", "source": "Ann beat Bob.", "faithful": "Ann beat Bob .", "swapped": "Bob beat Ann ."}]
-    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption: [dict(p) for p in fixed][:n])
+    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption, faithful: [dict(p) for p in fixed][:n])
     assert main(["eval-swaps", "--news-file", "any.jsonl", "--pairs", "3", "--save-pairs", str(out)]) == 0
     assert json.loads(out.read_text()) == fixed
 
@@ -147,3 +147,17 @@ def test_news_substitution_pairs_from_a_file(tmp_path, nlp):
     assert [(p["id"], p["swapped"]) for p in pairs] == [("news-3", "Michael Gove has sacked Theresa May .")]
     with pytest.raises(ValueError, match="corruption"):
         build_news_swap_pairs(f, 5, nlp, corruption="negate")
+
+
+def test_article_sentence_pairs_take_the_first_sentence_that_allows_the_corruption(tmp_path, nlp):
+    f = tmp_path / "news.jsonl"
+    source = "It rained in Rome on Monday. Michael Gove was sacked by Theresa May. Boris Johnson agreed."
+    f.write_text(json.dumps({"id": 4, "source": source, "summary": "It rained ."}) + "\n")
+    pairs = build_news_swap_pairs(f, 5, nlp, faithful="article")
+    assert [(p["id"], p["faithful"], p["swapped"]) for p in pairs] == [
+        ("news-4-sentence1", "Michael Gove was sacked by Theresa May.", "Theresa May was sacked by Michael Gove.")]
+    assert pairs[0]["source"] == source
+    pairs = build_news_swap_pairs(f, 5, nlp, corruption="substitute", faithful="article")
+    assert pairs[0]["faithful"] in source and pairs[0]["swapped"] not in source
+    with pytest.raises(ValueError, match="faithful"):
+        build_news_swap_pairs(f, 5, nlp, faithful="reference")

@@ -41,14 +41,21 @@ def build_swap_pairs(data_dir, n: int = 40, nlp=None) -> list:
     for p in order:
         context = raw[p][0]
         sentences = [context[a:b] for a, b in sentence_spans(context)]
-        for sentence, doc in zip(sentences, nlp.pipe(sentences)):
-            swapped = _swap(sentence, doc)
-            if swapped:
-                pairs.append({"id": f"dev-b-{p}", "source": context, "faithful": sentence, "swapped": swapped})
-                break
+        found = _first_changed(sentences, nlp.pipe(sentences), _swap)
+        if found:
+            pairs.append({"id": f"dev-b-{p}", "source": context, "faithful": found[1], "swapped": found[2]})
         if len(pairs) == n:
             break
     return pairs
+
+
+def _first_changed(texts, docs, change):
+    """(index, text, changed) for the first text that `change(text, doc)` alters, or None."""
+    for k, (text, doc) in enumerate(zip(texts, docs)):
+        changed = change(text, doc)
+        if changed:
+            return k, text, changed
+    return None
 
 
 def _substitute(sentence: str, doc, source_doc) -> str:
@@ -75,16 +82,23 @@ def _substitute(sentence: str, doc, source_doc) -> str:
     return ""
 
 
-def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap") -> list:
+def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap", faithful: str = "summary") -> list:
     """The same kind of pairs from a news file of `{id, source, summary}` lines (`../shared/data/news/`):
     the system's summary is the "faithful" one; the unfaithful one exchanges two of its entities
     that the article also names (`corruption="swap"`), or replaces one of them by another
     participant of the article (`"substitute"`, `_substitute`); summaries that allow neither are
     skipped, in file order. Real abstractive summaries of real articles, so closer to what users
     score than a copied sentence; the summaries were written by a system, so "faithful" means "as
-    the system wrote it"."""
+    the system wrote it".
+
+    `faithful="article"` takes instead the article's first sentence that allows the corruption
+    (verbatim, so faithful for certain; the source is still the whole article): a second pool of
+    pairs from the same articles, used when every summary-based pair has already served to choose
+    a model."""
     if corruption not in NEWS_CORRUPTIONS:
         raise ValueError(f"corruption must be one of {NEWS_CORRUPTIONS}, got {corruption!r}")
+    if faithful not in NEWS_FAITHFUL:
+        raise ValueError(f"faithful must be one of {NEWS_FAITHFUL}, got {faithful!r}")
     if nlp is None:
         from quals_fast.reference.qags import load_spacy
 
@@ -92,21 +106,30 @@ def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap")
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not all(isinstance(r, dict) and isinstance(r.get("source"), str) and isinstance(r.get("summary"), str) for r in rows):
         raise ValueError(f"{path}: expected JSON lines with string fields 'source' and 'summary'")
+    summary_docs = nlp.pipe(r["summary"] for r in rows) if faithful == "summary" else None
     pairs = []
-    for r, doc in zip(rows, nlp.pipe(r["summary"] for r in rows)):
-        if corruption == "swap":
-            changed = _swap(r["summary"], doc, r["source"])
+    for r in rows:
+        if summary_docs is not None:
+            texts, docs = [r["summary"]], [next(summary_docs)]
         else:
-            changed = _substitute(r["summary"], doc, nlp(r["source"]))
-        if changed:
-            pairs.append({"id": f"{Path(path).stem}-{r.get('id', len(pairs))}", "source": r["source"],
-                          "faithful": r["summary"], "swapped": changed})
+            texts = [r["source"][a:b] for a, b in sentence_spans(r["source"])]
+            docs = nlp.pipe(texts)
+        if corruption == "swap":
+            found = _first_changed(texts, docs, lambda text, doc: _swap(text, doc, r["source"]))
+        else:
+            source_doc = nlp(r["source"])
+            found = _first_changed(texts, docs, lambda text, doc: _substitute(text, doc, source_doc))
+        if found:
+            k, text, changed = found
+            pair_id = f"{Path(path).stem}-{r.get('id', len(pairs))}" + (f"-sentence{k}" if summary_docs is None else "")
+            pairs.append({"id": pair_id, "source": r["source"], "faithful": text, "swapped": changed})
             if len(pairs) == n:
                 break
     return pairs
 
 
 NEWS_CORRUPTIONS = ("swap", "substitute")
+NEWS_FAITHFUL = ("summary", "article")
 PAIR_KEYS = ("id", "source", "faithful", "swapped")
 
 
@@ -160,6 +183,9 @@ def register_cli(subparsers):
     p.add_argument("--corruption", default="swap", choices=NEWS_CORRUPTIONS,
                    help="with --news-file: exchange two entities of the summary (swap), or replace one by another "
                    "participant the article names (substitute)")
+    p.add_argument("--faithful", default="summary", choices=NEWS_FAITHFUL,
+                   help="with --news-file: the faithful text is the system's summary, or the article's first sentence "
+                   "that allows the corruption (verbatim)")
     p.add_argument("--pairs-file", default=None, help="score the pairs of this file (written by --save-pairs) instead of building them (needs no spaCy)")
     p.add_argument("--save-pairs", default=None, help="write the built pairs to this JSON file and stop")
     p.add_argument("--output", default=None, help="also write the figures and every pair's scores to this JSON file")
@@ -172,7 +198,8 @@ def register_cli(subparsers):
             raise SystemExit("eval-swaps: --pairs-file excludes --save-pairs and --news-file")
         try:
             pairs = (load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file
-                     else build_news_swap_pairs(args.news_file, args.pairs, corruption=args.corruption) if args.news_file
+                     else build_news_swap_pairs(args.news_file, args.pairs, corruption=args.corruption,
+                                                 faithful=args.faithful) if args.news_file
                      else None)
         except (OSError, ValueError) as e:
             raise SystemExit(f"eval-swaps: {e}")
