@@ -1,11 +1,12 @@
 """Paired bootstrap of the change in human correlation between two `quals-fast eval-correlation`
 output folders (two QAGen models on the same QAGS items).
 
-    python benchmarks/correlation_diff.py OLD_DIR NEW_DIR [--resamples 2000] [--seed 0]
+    python benchmarks/correlation_diff.py OLD_DIR [NEW_DIR] [--resamples 2000] [--seed 0]
 
 For each dataset: Pearson of each model over the summaries both scored, the difference (new −
 old) and its 95% percentile interval, resampling summaries with replacement. The model card
-quotes it when the default model changes."""
+quotes it when the default model changes. With one folder: that model's Pearson and its own 95%
+interval (is it firmly below or above a published figure?)."""
 import argparse
 import json
 from pathlib import Path
@@ -19,31 +20,42 @@ def _scores(folder: Path, name: str) -> list:
     return [json.loads(line) for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _bootstrap(n: int, stat, resamples: int, seed: int) -> list:
+    """95% percentile interval of `stat(indices)` over resamples of range(n) with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(resamples)]
+    return list(np.nanpercentile(values, [2.5, 97.5]))
+
+
+def pearson_interval(rows: list, resamples: int, seed: int) -> dict:
+    scored = [r for r in rows if r["quals"] is not None]
+    human, q = np.array([r["human"] for r in scored]), np.array([r["quals"] for r in scored])
+    return {"scored": len(scored), "pearson": np.corrcoef(q, human)[0, 1],
+            "interval_95": _bootstrap(len(scored), lambda k: np.corrcoef(q[k], human[k])[0, 1], resamples, seed)}
+
+
 def paired_difference(old: list, new: list, resamples: int, seed: int) -> dict:
     if len(old) != len(new):
         raise ValueError("the two folders scored different numbers of items (%d, %d)" % (len(old), len(new)))
     both = [i for i, (a, b) in enumerate(zip(old, new)) if a["quals"] is not None and b["quals"] is not None]
     human = np.array([old[i]["human"] for i in both])
     x, y = np.array([old[i]["quals"] for i in both]), np.array([new[i]["quals"] for i in both])
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(resamples):
-        k = rng.integers(0, len(both), len(both))
-        diffs.append(np.corrcoef(y[k], human[k])[0, 1] - np.corrcoef(x[k], human[k])[0, 1])
-    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    interval = _bootstrap(len(both), lambda k: np.corrcoef(y[k], human[k])[0, 1] - np.corrcoef(x[k], human[k])[0, 1],
+                          resamples, seed)
     old_r, new_r = np.corrcoef(x, human)[0, 1], np.corrcoef(y, human)[0, 1]
     return {"both_scored": len(both), "old_pearson": old_r, "new_pearson": new_r,
-            "difference": new_r - old_r, "interval_95": [lo, hi]}
+            "difference": new_r - old_r, "interval_95": interval}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("old", type=Path)
-    p.add_argument("new", type=Path)
+    p.add_argument("new", type=Path, nargs="?")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    out = {name: paired_difference(_scores(args.old, f), _scores(args.new, f), args.resamples, args.seed)
+    out = {name: (paired_difference(_scores(args.old, f), _scores(args.new, f), args.resamples, args.seed) if args.new
+                  else pearson_interval(_scores(args.old, f), args.resamples, args.seed))
            for name, f in FILES.items()}
     print(json.dumps(out, indent=2))
     return 0

@@ -157,3 +157,6 @@ def test_correlation_diff_paired_bootstrap():
     assert mod.paired_difference(old, old, 50, 0)["interval_95"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="different numbers"):
         mod.paired_difference(old, new[:-1], 10, 0)
+    one = mod.pearson_interval(new, resamples=300, seed=0)
+    assert one["scored"] == 59 and one["pearson"] == pytest.approx(out["new_pearson"])
+    assert one["interval_95"][0] < one["pearson"] < one["interval_95"][1] < 1
