@@ -123,6 +123,8 @@ def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
     monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption, faithful: [dict(p) for p in fixed][:n])
     assert main(["eval-swaps", "--news-file", "any.jsonl", "--pairs", "3", "--save-pairs", str(out)]) == 0
     assert json.loads(out.read_text()) == fixed
+    with pytest.raises(SystemExit, match="only with --news-file"):
+        main(["eval-swaps", "--faithful", "article", "--save-pairs", str(out)])
 
 
 def test_substitute_credits_the_article_s_other_participant():

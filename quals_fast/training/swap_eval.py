@@ -7,7 +7,8 @@ hand-written pairs of `examples/pairs.jsonl` that the tests check. For evenly sp
 paragraphs, the first sentence holding two distinct named entities of one kind (people,
 organisations, places, nationalities) gives the faithful "summary" (the sentence verbatim) and the
 swapped one (the two entities exchanged); the source is the whole paragraph. With --news-file the
-pairs come from real news summaries instead (`build_news_swap_pairs`)."""
+pairs come from real news summaries instead (`build_news_swap_pairs`), or with --faithful article from
+the articles' own sentences."""
 import argparse
 import json
 from pathlib import Path
@@ -196,6 +197,8 @@ def register_cli(subparsers):
             raise SystemExit("eval-swaps: --pairs must be >= 1")
         if args.pairs_file and (args.save_pairs or args.news_file):
             raise SystemExit("eval-swaps: --pairs-file excludes --save-pairs and --news-file")
+        if not args.news_file and (args.corruption, args.faithful) != ("swap", "summary"):
+            raise SystemExit("eval-swaps: --corruption and --faithful apply only with --news-file")
         try:
             pairs = (load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file
                      else build_news_swap_pairs(args.news_file, args.pairs, corruption=args.corruption,
