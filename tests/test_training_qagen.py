@@ -600,6 +600,62 @@ def test_renamed_copies_join_the_training_questions(tmp_path, nlp):
         qagen.train_qagen(_opts(tmp_path / "q", renamed_copies=1), qg.QG_RECIPE)
 
 
+# --- entity infilling (--entity-infilling) ------------------------------------------------------
+
+class _Span:
+    def __init__(self, context, text, label, nth=0):
+        start = -1
+        for _ in range(nth + 1):
+            start = context.index(text, start + 1)
+        self.text, self.label_, self.start_char, self.end_char = text, label, start, start + len(text)
+
+
+def test_infilling_masks_the_names_the_paragraph_repeats():
+    context = "Floyd Mayweather beat Manny Pacquiao in Las Vegas. Pacquiao said Mayweather was faster in 2015."
+    second = qagen_data.sentence_spans(context)[1]
+    ents = [_Span(context, "Floyd Mayweather", "PERSON"), _Span(context, "Manny Pacquiao", "PERSON"),
+            _Span(context, "Las Vegas", "GPE"), _Span(context, "Pacquiao", "PERSON", nth=1),
+            _Span(context, "Mayweather", "PERSON", nth=1), _Span(context, "2015", "DATE")]
+    masked = qagen_data.mask_recoverable_entities(context, second, ents)
+    # Both names stand in the first sentence too; the date is not a role and stays.
+    assert masked == "Floyd Mayweather beat Manny Pacquiao in Las Vegas. [MASK] said [MASK] was faster in 2015."
+    # The first sentence's full names stand nowhere else (a surname alone does not tell the
+    # first name): no example.
+    first = qagen_data.sentence_spans(context)[0]
+    assert qagen_data.mask_recoverable_entities(context, first, ents) is None
+
+
+def test_infilling_paragraphs_target_the_sentence(tmp_path, warm, nlp):
+    tok = warm[1]
+    context = SWAP_CONTEXT + " Pacquiao said that Mayweather was the better fighter on the night."
+    f = tmp_path / "s.json"
+    _squad_file(f, context, [("Who won?", "Floyd Mayweather")])
+    paras = qagen_data.build_infilling_paragraphs([f], tok, 30522, 256, 64, nlp=nlp)
+    assert paras
+    sentences = [context[a:b] for a, b in qagen_data.sentence_spans(context)]
+    for p in paras:
+        (target,) = p.targets
+        assert 30522 not in target and p.source[-1] == qagen_data.EOS_ID
+        source = tok.decode(p.source[:-1])
+        assert "[MASK]" in source and tok.decode(target) not in source
+        assert tok.decode(target) in [tok.decode(tok(s, add_special_tokens=False).input_ids) for s in sentences]
+
+
+def test_entity_infilling_joins_the_training_questions(tmp_path, nlp):
+    _needs_data()
+    _minilm_dir()
+    starts = []
+    for name, on in (("plain", False), ("infill", True)):
+        qagen.train_qagen(_opts(tmp_path / name, steps=1, eval_every=0, save_every=0, train_limit=20, entity_infilling=on))
+        log = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        starts.append(next(r for r in log if r["event"] == "start"))
+    assert starts[1]["train_questions"] > starts[0]["train_questions"] and starts[1]["val_questions"] == starts[0]["val_questions"]
+    from quals_fast.training import qg
+
+    with pytest.raises(ValueError, match="entity_infilling"):
+        qagen.train_qagen(_opts(tmp_path / "q", entity_infilling=True), qg.QG_RECIPE)
+
+
 def test_swap_contrast_loss_is_the_per_token_gap(warm, tmp_path, nlp):
     model, tok = warm
     model.eval()

@@ -53,6 +53,7 @@ class TrainQAGenOptions:
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
     renamed_copies: int = field(default=0, metadata={"help": "also train on N copies of every paragraph with its people, organisations and places consistently renamed (paragraph, questions and answers) to other names of their kind, so that who did what can only be read from the input, not recalled; 0 = off (needs spaCy, the qags extra)"})
+    entity_infilling: bool = field(default=False, metadata={"help": "also train on entity infilling: every training sentence whose people, organisations, places or nationalities are also named elsewhere in its paragraph, with those mentions masked in the paragraph as input and the sentence as target, so that the decoder learns to copy a sentence exactly and to read who fills each role from the input (needs spaCy, the qags extra)"})
     swap_contrast_weight: float = field(default=0.0, metadata={"help": "weight of a margin loss on role swaps: for questions whose answer is a named entity, the paragraph with that entity exchanged with another of its kind in its sentence must make the question and answer at least --swap-margin nats/token less likely than the paragraph itself (QUALS's source-vs-summary gap on a swapped summary); 0 = off (needs spaCy, the qags extra)"})
     swap_margin: float = field(default=1.0, metadata={"help": "margin (mean log-prob per target token) of --swap-contrast-weight"})
     swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
@@ -83,6 +84,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions", "renamed_copies",
+        "entity_infilling",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
     )
 
@@ -303,6 +305,8 @@ class Recipe:
     build_swap_contrast: Optional[Callable] = None
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit, copies=, seed=) -> [Paragraph]
     build_renamed_paragraphs: Optional[Callable] = None
+    # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
+    build_infilling_paragraphs: Optional[Callable] = None
     # whether the model this recipe trains is scored through QAGen.encode_text (`source_bos`)
     supports_source_bos: bool = False
 
@@ -310,6 +314,7 @@ class Recipe:
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
                       qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs,
                       qagen_data.build_swap_contrast, qagen_data.build_renamed_paragraphs,
+                      qagen_data.build_infilling_paragraphs,
                       supports_source_bos=True)
 
 
@@ -420,6 +425,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         raise ValueError("subject_questions is not supported by this model's recipe")
     if opt.renamed_copies and recipe.build_renamed_paragraphs is None:
         raise ValueError("renamed_copies is not supported by this model's recipe")
+    if opt.entity_infilling and recipe.build_infilling_paragraphs is None:
+        raise ValueError("entity_infilling is not supported by this model's recipe")
     if opt.swap_contrast_weight and recipe.build_swap_contrast is None:
         raise ValueError("swap_contrast_weight is not supported by this model's recipe")
     if opt.source_bos and not recipe.supports_source_bos:
@@ -443,6 +450,9 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         train_paras = train_paras + recipe.build_renamed_paragraphs(
             [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit,
             copies=opt.renamed_copies, seed=opt.seed)
+    if opt.entity_infilling:
+        train_paras = train_paras + recipe.build_infilling_paragraphs(
+            [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)
     val_paras = recipe.build_paragraphs([data / VALID_FILE], tok, sep_id, opt.max_source_len, opt.max_target_len)
     contrast, val_contrast = [], []
     if opt.swap_contrast_weight:

@@ -410,6 +410,50 @@ def build_renamed_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: int
     return tokenise_paragraphs(renamed, tokenizer, sep_id, max_source_len, max_target_len)
 
 
+MASK = "[MASK]"
+
+
+def mask_recoverable_entities(context: str, span: tuple[int, int], ents) -> str | None:
+    """`context` with every named-entity mention (people, organisations, places, nationalities)
+    inside the sentence `span` replaced by [MASK], where that name also stands elsewhere in
+    `context` (so the paragraph tells which one it is); None when no mention qualifies."""
+    a, b = span
+    rest = context[:a] + " " + context[b:]
+    hits = [e for e in ents if e.label_ in SWAP_LABELS and a <= e.start_char and e.end_char <= b
+            and re.search(r"(?<!\w)" + re.escape(e.text) + r"(?!\w)", rest)]
+    if not hits:
+        return None
+    out, at = [], 0
+    for e in sorted(hits, key=lambda e: e.start_char):
+        out += [context[at : e.start_char], MASK]
+        at = e.end_char
+    return "".join(out) + context[at:]
+
+
+def build_infilling_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: int, max_source_len: int,
+                               max_target_len: int, max_paragraphs: int = 0, nlp=None) -> list[Paragraph]:
+    """Entity infilling: for every training sentence that names a person, organisation, place or
+    nationality also named elsewhere in its paragraph, the paragraph with those mentions of the
+    sentence masked (`mask_recoverable_entities`) as input and the sentence itself as target (no
+    separator). To write it back the decoder must copy the sentence word for word and read from
+    the rest of the paragraph who or what fills each role: the two skills QUALS needs to tell a
+    role swap from a faithful summary, which SQuAD's ~22k questions train weakly. Inputs with
+    [MASK] never occur when QUALS runs, which keeps this task apart from question generation."""
+    nlp = _spacy(nlp)
+    raw = first_paragraphs(files, max_paragraphs, read_squad)
+    docs = nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"])
+    sources, sentences = [], []
+    for (context, _), doc in zip(raw, docs):
+        for span in sentence_spans(context):
+            masked = mask_recoverable_entities(context, span, doc.ents)
+            if masked is not None:
+                sources.append(masked)
+                sentences.append(context[span[0] : span[1]])
+    src, tgt = _ids(tokenizer, sources), _ids(tokenizer, sentences)
+    # A truncated sentence would teach the decoder to stop mid-sentence: leave long ones out.
+    return [Paragraph(s[: max_source_len - 1] + [EOS_ID], [t]) for s, t in zip(src, tgt) if len(t) <= max_target_len - 1]
+
+
 def _spacy(nlp):
     """`nlp`, or the qags extra's spaCy pipeline when None (loaded only by the options that need it)."""
     if nlp is None:
