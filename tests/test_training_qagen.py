@@ -636,7 +636,8 @@ def test_infilling_paragraphs_target_the_sentence(tmp_path, warm, nlp):
     for p in paras:
         (target,) = p.targets
         assert 30522 not in target and p.source[-1] == qagen_data.EOS_ID
-        source = tok.decode(p.source[:-1])
+        assert p.source[0] == tok.convert_tokens_to_ids(qagen_data.INFILL_MARKER) != tok.unk_token_id
+        source = tok.decode(p.source[1:-1])
         assert "[MASK]" in source and tok.decode(target) not in source
         assert tok.decode(target) in [tok.decode(tok(s, add_special_tokens=False).input_ids) for s in sentences]
 

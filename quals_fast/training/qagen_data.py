@@ -411,6 +411,11 @@ def build_renamed_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: int
 
 
 MASK = "[MASK]"
+# Opens every infilling input. [MASK] alone did not keep the tasks apart: a model trained without
+# this marker (session 19's E) answered plain summaries with rewritten sentences, which carry no
+# separator and so fail QUALS's filter. A fixed token at a fixed place is a cue the encoder cannot
+# miss; [unused0] occurs in no text.
+INFILL_MARKER = "[unused0]"
 
 
 def mask_recoverable_entities(context: str, span: tuple[int, int], ents) -> str | None:
@@ -437,8 +442,9 @@ def build_infilling_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: i
     sentence masked (`mask_recoverable_entities`) as input and the sentence itself as target (no
     separator). To write it back the decoder must copy the sentence word for word and read from
     the rest of the paragraph who or what fills each role: the two skills QUALS needs to tell a
-    role swap from a faithful summary, which SQuAD's ~22k questions train weakly. Inputs with
-    [MASK] never occur when QUALS runs, which keeps this task apart from question generation."""
+    role swap from a faithful summary, which SQuAD's ~22k questions train weakly. Each input
+    opens with `INFILL_MARKER`, which never occurs when QUALS runs: that keeps this task apart
+    from question generation."""
     nlp = _spacy(nlp)
     raw = first_paragraphs(files, max_paragraphs, read_squad)
     docs = nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"])
@@ -449,9 +455,11 @@ def build_infilling_paragraphs(files: Iterable[Path | str], tokenizer, sep_id: i
             if masked is not None:
                 sources.append(masked)
                 sentences.append(context[span[0] : span[1]])
+    marker = tokenizer.convert_tokens_to_ids(INFILL_MARKER)
     src, tgt = _ids(tokenizer, sources), _ids(tokenizer, sentences)
     # A truncated sentence would teach the decoder to stop mid-sentence: leave long ones out.
-    return [Paragraph(s[: max_source_len - 1] + [EOS_ID], [t]) for s, t in zip(src, tgt) if len(t) <= max_target_len - 1]
+    return [Paragraph(([marker] + s)[: max_source_len - 1] + [EOS_ID], [t])
+            for s, t in zip(src, tgt) if len(t) <= max_target_len - 1]
 
 
 def _spacy(nlp):
