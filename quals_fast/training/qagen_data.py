@@ -123,6 +123,18 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def locate_answer(context: str, answer: str, start: int) -> tuple[str, int, int] | None:
+    """(stripped answer, start, end) of a SQuAD answer in its paragraph: at the recorded start when
+    the stripped text is there (stripping can shift it), else at its first occurrence; None when
+    the paragraph does not hold it."""
+    answer = answer.strip()
+    if not (0 <= start and context[start : start + len(answer)] == answer):
+        start = context.find(answer)
+    if start < 0:
+        return None
+    return answer, start, start + len(answer)
+
+
 def build_short_paragraphs(
     files: Iterable[Path | str],
     tokenizer,
@@ -145,12 +157,10 @@ def build_short_paragraphs(
     for p, (context, qas) in enumerate(raw):
         spans = sentence_spans(context)
         for question, answer, start in qas:
-            answer = answer.strip()
-            if not (0 <= start and context[start : start + len(answer)] == answer):
-                start = context.find(answer)
-            if start < 0:
+            located = locate_answer(context, answer, start)
+            if located is None:
                 continue
-            end = start + len(answer)
+            answer, start, end = located
             hit = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
             lo, hi = hit[0], hit[-1]
             extra = int(rng.integers(0, max_sentences))
@@ -290,12 +300,10 @@ def build_swap_contrast(
         spans = sentence_spans(context)
         ents = [e for e in doc.ents if e.label_ in SWAP_LABELS]
         for question, answer, start in qas:
-            answer = answer.strip()
-            if not (0 <= start and context[start : start + len(answer)] == answer):
-                start = context.find(answer)
-            if start < 0:
+            located = locate_answer(context, answer, start)
+            if located is None:
                 continue
-            end = start + len(answer)
+            answer, start, end = located
             inside = [e for e in ents if start <= e.start_char and e.end_char <= end]
             if len(inside) != 1:
                 continue
