@@ -434,6 +434,8 @@ def test_source_bos_is_recorded_kept_and_used_by_the_scorer(tmp_path):
         (dict(short_context_sentences=-1), "short_context_sentences"),
         (dict(renamed_copies=-1), "renamed_copies"),
         (dict(answer_loss_weight=0.0), "answer_loss_weight"),
+        (dict(repetition_unlikelihood=-0.5), "repetition_unlikelihood"),
+        (dict(repetition_unlikelihood=float("inf")), "repetition_unlikelihood"),
         (dict(swap_contrast_weight=-1.0), "swap_contrast_weight"),
         (dict(swap_contrast_kind="both"), "swap_contrast_kind"),
         (dict(swap_margin=0.0), "swap_margin"),
@@ -485,6 +487,43 @@ def test_answer_loss_weight_changes_training_not_validation(tmp_path):
     plain, n = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, None), "cpu")
     weighted, n2 = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, opts), "cpu")
     assert n == n2 and not torch.isclose(plain, weighted)
+    assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
+        pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
+
+
+def test_repetition_candidates_are_earlier_distinct_tokens():
+    sep, eos = 30522, 102
+    labels = torch.tensor([[5, 6, 5, sep, 6, 7, eos, -100]])
+    cand = qagen.repetition_candidates(labels, (sep, eos))[0]
+    got = {t: sorted(labels[0, j].item() for j in range(labels.shape[1]) if cand[t, j]) for t in range(labels.shape[1])}
+    # t=2 (gold 5): 6 only, as 5 is the gold token; t=4 (gold 6): 5 once, never the separator
+    assert got == {0: [], 1: [5], 2: [6], 3: [5, 6], 4: [5], 5: [5, 6], 6: [5, 6, 7], 7: [5, 6, 7]}
+
+
+def test_repetition_unlikelihood_penalises_repeats_only():
+    labels = torch.tensor([[5, 6, 5, 102]])
+    keep = labels != -100
+    logits = torch.zeros(4, 110)
+    logits[1, 5] = 20.0  # position 1 all but certain of 5, which position 0 already emitted
+    ul = qagen.repetition_unlikelihood(logits, labels, keep, (102,))
+    assert ul > 3.0  # -log(1 - p(5)) ~ 20 nats over 4 positions, plus small terms elsewhere
+    logits[1, 5] = 0.0
+    logits[1, 6] = 20.0  # now certain of the gold token: nothing to repeat at that position
+    assert qagen.repetition_unlikelihood(logits, labels, keep, (102,)) < 0.1
+
+
+def test_repetition_unlikelihood_changes_training_not_validation(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    opts = _opts(tmp_path / "u", repetition_unlikelihood=1.0)
+    model, tok = qagen.QAGEN_RECIPE.build_model(opts)
+    model.eval()
+    sep = model.config.qagen_separator_token_id
+    paras = qagen_data.build_paragraphs([DATA / qagen_data.VALID_FILE], tok, sep, 48, 24, 2)
+    items = [(0, 0), (1, 0)]
+    plain, n = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, None), "cpu")
+    with_ul, n2 = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, opts), "cpu")
+    assert n == n2 and with_ul > plain
     assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
         pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
 

@@ -50,6 +50,7 @@ class TrainQAGenOptions:
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the training loss (validation loss is always plain NLL)"})
     source_bos: bool = field(default=False, metadata={"help": "put [CLS] (the model's bos) before every encoder input, in training and, through the saved config (qagen_source_bos), in scoring: a BERT encoder reads position 0 as [CLS] and cannot copy the word there (a model that already has it keeps it)"})
     answer_loss_weight: float = field(default=1.0, metadata={"help": "weight of the answer tokens (after the separator, with the final [SEP]) in the training loss; QUALS's rescoring rests on how likely the answer is given the question, which is a small share of the target tokens (the logged training loss is the weighted one; validation loss is always unweighted)"})
+    repetition_unlikelihood: float = field(default=0.0, metadata={"help": "weight of a token-level unlikelihood loss (Welleck et al. 2019): at every target position, -log(1 - p) of each token already earlier in the same target other than the gold one, against the repeated words a small decoder falls into ('the oldest known known known'); 0 = off; validation loss is always plain NLL"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
     renamed_copies: int = field(default=0, metadata={"help": "also train on N copies of every paragraph with its people, organisations and places consistently renamed (paragraph, questions and answers) to other names of their kind, so that who did what can only be read from the input, not recalled; 0 = off (needs spaCy, the qags extra)"})
@@ -83,7 +84,7 @@ class TrainQAGenOptions:
     _TRAJECTORY = (
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
-        "train_limit", "short_context_sentences", "answer_loss_weight", "subject_questions", "renamed_copies",
+        "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
         "entity_infilling",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
     )
@@ -114,6 +115,8 @@ class TrainQAGenOptions:
             bad("weight_decay and max_grad_norm must be >= 0")
         if not (self.answer_loss_weight > 0 and math.isfinite(self.answer_loss_weight)):
             bad(f"answer_loss_weight must be a positive number, got {self.answer_loss_weight}")
+        if not (self.repetition_unlikelihood >= 0 and math.isfinite(self.repetition_unlikelihood)):
+            bad(f"repetition_unlikelihood must be a number >= 0, got {self.repetition_unlikelihood}")
         if not (self.swap_contrast_weight >= 0 and math.isfinite(self.swap_contrast_weight)):
             bad(f"swap_contrast_weight must be a number >= 0, got {self.swap_contrast_weight}")
         if not (self.swap_margin > 0 and math.isfinite(self.swap_margin)):
@@ -206,16 +209,47 @@ def _target_logits(model, b):
 
 
 def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str = "mean"):
-    """Token-level cross-entropy over the targets of `batch`."""
+    """Token-level cross-entropy over the targets of `batch` (with `mean`, the training loss: the
+    batch's answer weighting and repetition unlikelihood included)."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     logits, labels, keep = _target_logits(model, b)
-    if "answer_loss_weight" in b and reduction == "mean":
-        ce = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="none")
-        w = qagen_data.answer_weights(b["labels"], float(b["answer_loss_weight"]), model.config.qagen_separator_token_id)[keep]
-        return (ce * w).sum() / w.sum(), int(keep.sum())
-    return torch.nn.functional.cross_entropy(
-        logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction
-    ), int(keep.sum())
+    sep_id = model.config.qagen_separator_token_id
+    if reduction != "mean" or not ("answer_loss_weight" in b or "unlikelihood_weight" in b):
+        return torch.nn.functional.cross_entropy(
+            logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction
+        ), int(keep.sum())
+    ce = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="none")
+    w = qagen_data.answer_weights(b["labels"], float(b.get("answer_loss_weight", 1.0)), sep_id)[keep]
+    loss = (ce * w).sum() / w.sum()
+    if "unlikelihood_weight" in b:
+        loss = loss + float(b["unlikelihood_weight"]) * repetition_unlikelihood(
+            logits, b["labels"], keep, (sep_id, model.config.eos_token_id))
+    return loss, int(keep.sum())
+
+
+def repetition_candidates(labels: torch.Tensor, exclude: tuple) -> torch.Tensor:
+    """[N, T, T] bool: candidates[n, t, j] says that labels[n, j] is a token the model must not
+    repeat at position t: it comes earlier in the target (j < t), is its first occurrence there
+    (each token counts once), differs from the gold token at t and is not padding or in `exclude`."""
+    n, t = labels.shape
+    earlier = torch.ones(t, t, dtype=torch.bool, device=labels.device).tril(-1)  # [t, j]: j < t
+    same = labels[:, :, None] == labels[:, None, :]
+    first = ~(same & earlier).any(-1)
+    ok = first & (labels != -100)
+    for tok in exclude:
+        ok &= labels != tok
+    return earlier[None] & ok[:, None, :] & ~same
+
+
+def repetition_unlikelihood(logits, labels, keep, exclude) -> torch.Tensor:
+    """Mean over target positions of sum_c -log(1 - p(c)) over `repetition_candidates` c;
+    `logits` are the rows of the kept (non-pad) positions, as `_target_logits` returns them."""
+    cand = repetition_candidates(labels, exclude)[keep]                    # [K, T]
+    ids = labels.clamp(min=0)[:, None, :].expand(-1, labels.shape[1], -1)[keep]  # [K, T]
+    p = torch.softmax(logits.float(), -1).gather(1, ids)
+    # clamp: p can round to 1, and log(0) would make one position's loss infinite
+    ul = -torch.log1p(-p.clamp(max=1 - 1e-6)) * cand
+    return ul.sum() / max(1, int(keep.sum()))
 
 
 def swap_contrast_loss(model, batch, device, margin: float):
@@ -263,7 +297,9 @@ def evaluate(model, paragraphs, items, batch_size, device, dtype, recipe: "Recip
     total, count = 0.0, 0
     for i in range(0, len(items), batch_size):
         batch = recipe.collate(paragraphs, items[i : i + batch_size], options)
-        batch.pop("answer_loss_weight", None)  # validation is plain NLL, whatever the training weights
+        # validation is plain NLL, whatever the training weights
+        batch.pop("answer_loss_weight", None)
+        batch.pop("unlikelihood_weight", None)
         with _autocast(device, dtype):
             loss, n = recipe.loss(model, batch, device, reduction="sum")
         total += float(loss)
@@ -284,6 +320,8 @@ def _collate_qagen(paragraphs, items, opt):
     batch = qagen_data.collate(paragraphs, items)
     if opt is not None and opt.answer_loss_weight != 1.0:
         batch["answer_loss_weight"] = torch.tensor(opt.answer_loss_weight)
+    if opt is not None and opt.repetition_unlikelihood:
+        batch["unlikelihood_weight"] = torch.tensor(opt.repetition_unlikelihood)
     return batch
 
 

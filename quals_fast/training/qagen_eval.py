@@ -4,7 +4,9 @@ For evenly spaced dev-b paragraphs the model generates as QUALS runs it (diverse
 hypotheses) and we report: the share of hypotheses that split into exactly (question, answer), the
 share whose answer is a verbatim (lower-cased) span of the paragraph (the paragraph as QUALS's
 filter searches it: see `quals_fast.qagen.answer_search_text`), and the corpus BLEU of each
-paragraph's best hypothesis's question against the paragraph's gold questions."""
+paragraph's best hypothesis's question against the paragraph's gold questions, and the share of
+questions that repeat themselves (a word twice in a row or a word pair twice: "the oldest known
+known known"), beside the same share among the gold questions."""
 import argparse
 import json
 from pathlib import Path
@@ -20,6 +22,14 @@ def _bleu(hypotheses, references):
     width = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
     return sacrebleu.corpus_bleu(hypotheses, streams, lowercase=True).score
+
+
+def repeats(text: str) -> bool:
+    """Whether `text` has a word twice in a row or a word pair twice: the loops a weak decoder
+    falls into, which gold SQuAD questions seldom have."""
+    words = [w for w in (t.strip(".,;:!?'\"") for t in text.lower().split()) if w]
+    pairs = list(zip(words, words[1:]))
+    return any(a == b for a, b in pairs) or len(set(pairs)) < len(pairs)
 
 
 def print_report(result: dict, output=None) -> None:
@@ -39,7 +49,7 @@ def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source
     raw = read_squad(Path(data_dir) / VALID_FILE)
     step = max(1, len(raw) // paragraphs)
     picked = raw[::step][:paragraphs]
-    n_hyp = n_split = n_span = 0
+    n_hyp = n_split = n_span = n_rep = 0
     best_questions, gold = [], []
     bar = tqdm(total=len(picked), desc="eval-qagen", disable=not progress)
     for start in range(0, len(picked), batch_size):
@@ -52,6 +62,7 @@ def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source
             n_hyp += len(texts)
             n_split += sum(len(p) == 2 for p in parts)
             n_span += sum(len(p) == 2 and p[1].strip() != "" and p[1].strip().lower() in context.lower() for p in parts)
+            n_rep += sum(repeats(p[0]) for p in parts)
             best_questions.append(parts[0][0].strip())
             gold.append([q for q, _ in qas])
         bar.update(len(chunk))
@@ -62,6 +73,8 @@ def evaluate_qagen(model_dir, data_dir, paragraphs=100, batch_size=4, max_source
         "split_share": n_split / n_hyp,
         "answer_span_share": n_span / n_hyp,
         "question_bleu": _bleu(best_questions, gold),
+        "question_repeat_share": n_rep / n_hyp,
+        "gold_question_repeat_share": sum(repeats(q) for g in gold for q in g) / sum(len(g) for g in gold),
         "examples": [{"question": q, "gold": g[:2]} for q, g in zip(best_questions[:5], gold[:5])],
     }
 
