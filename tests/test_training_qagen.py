@@ -528,6 +528,60 @@ def test_repetition_unlikelihood_changes_training_not_validation(tmp_path):
         pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
 
 
+def test_encoder_cache_gives_the_encoder_states(warm):
+    model, tok = warm
+    model.train()  # the cache must compute without dropout whatever mode the model is in
+    enc = model.model.encoder
+    rows = [tok("the cat sat on the mat")["input_ids"], tok("a dog")["input_ids"]]
+    ids = torch.full((2, len(rows[0])), 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    cache = qagen.EncoderCache()
+    got = cache(enc, ids, mask)
+    assert len(cache) == 2 and enc.training
+    enc.eval()
+    with torch.no_grad():
+        want = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    model.eval()
+    assert torch.allclose(got * mask[..., None], want * mask[..., None], atol=1e-5)
+    # The same inputs again, the other way round and with more padding: read back, not recomputed.
+    again = cache(enc, torch.cat([ids.flip(0), torch.zeros(2, 3, dtype=torch.long)], 1),
+                  torch.cat([mask.flip(0), torch.zeros(2, 3, dtype=torch.long)], 1))
+    assert len(cache) == 2 and torch.equal(again[:, : ids.shape[1]], got.flip(0))
+
+
+def test_frozen_encoder_trains_the_decoder_only_and_resumes_exactly(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    a = tmp_path / "a"
+    qagen.train_qagen(_opts(a, freeze_encoder=True))
+    start = next(json.loads(l) for l in (a / "log.jsonl").read_text().splitlines() if '"start"' in l)
+    assert 0 < start["trained_params"] < start["params"]
+    s0, s6 = _ckpt_state(a, 3), _ckpt_state(a, 6)
+    model, _ = qagen.QAGEN_RECIPE.build_model(_opts(a))
+    init = {k: v for k, v in model.state_dict().items()}
+    frozen = [k for k in s6 if k.startswith(("model.encoder.", "model.shared."))]
+    trained = [k for k in s6 if k.startswith("model.decoder.layers.")]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(s6[k], init[k]), k
+    assert any(not torch.equal(s6[k], s0[k]) for k in trained)
+    b = tmp_path / "b"
+    qagen.train_qagen(_opts(b, freeze_encoder=True, stop_after_steps=3))
+    with pytest.raises(ValueError, match="different training options"):
+        qagen.train_qagen(_opts(b, resume=True))
+    qagen.train_qagen(_opts(b, freeze_encoder=True, resume=True))
+    sb = _ckpt_state(b, 6)
+    for k in s6:
+        assert torch.equal(s6[k], sb[k]), k
+    from quals_fast.training import qa
+
+    with pytest.raises(ValueError, match="freeze_encoder"):
+        qagen.train_qagen(_opts(tmp_path / "qa", freeze_encoder=True), qa.QA_RECIPE)
+
+
 # --- role-swap contrast (--swap-contrast-weight) ------------------------------------------------
 
 SWAP_CONTEXT = ("Floyd Mayweather beat Manny Pacquiao on points in Las Vegas on Saturday. "

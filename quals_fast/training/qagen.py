@@ -59,6 +59,7 @@ class TrainQAGenOptions:
     swap_margin: float = field(default=1.0, metadata={"help": "margin (mean log-prob per target token) of --swap-contrast-weight"})
     swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
     swap_contrast_kind: str = field(default="paragraph", metadata={"help": "what the false side of a role-swap pair changes: 'paragraph' (the two entities exchanged in the paragraph, same question and answer) or 'answer' (same paragraph and question, the other entity as the answer: how likely the source makes a swapped summary's answer)", "choices": qagen_data.CONTRAST_KINDS})
+    freeze_encoder: bool = field(default=False, metadata={"help": "train the decoder only: the encoder and the shared word embeddings (which are also the decoder's input and output embeddings) keep the starting model's weights, against the encoder forgetting the text MiniLM was trained on over many passes of SQuAD's 3,343 paragraphs; the encoder's states are then computed once per distinct input and reused, so every epoch after the first runs the decoder alone"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers; with --init-from, a depth above the model's stacks copies of its trained layers on top (never below it)"})
@@ -87,6 +88,7 @@ class TrainQAGenOptions:
         "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
         "entity_infilling",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
+        "freeze_encoder",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -191,10 +193,58 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class EncoderCache:
+    """Encoder states of a frozen encoder (`--freeze-encoder`), computed once per distinct input.
+    The encoder is most of a training step's work (inputs of 100-500 tokens against targets of
+    about 20), and a frozen one gives the same states for an input every time, so they are kept
+    (in memory only: a resumed run recomputes them, which changes nothing)."""
+
+    def __init__(self):
+        self._states: dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __call__(self, encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(1).tolist()  # inputs are right-padded (qagen_data.collate)
+        keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in self._states}.values())
+        if missing:
+            idx = torch.tensor(missing, device=input_ids.device)
+            was_training = encoder.training
+            encoder.eval()  # no dropout: the states must not depend on when they were computed
+            with torch.no_grad():
+                h = encoder(input_ids=input_ids.index_select(0, idx),
+                            attention_mask=attention_mask.index_select(0, idx)).last_hidden_state
+            encoder.train(was_training)
+            for row, i in enumerate(missing):
+                # clone: a view would keep the whole padded batch's storage alive
+                self._states[keys[i]] = h[row, : lengths[i]].clone()
+        first = self._states[keys[0]]
+        out = first.new_zeros((len(keys), input_ids.shape[1], first.shape[-1]))
+        for i, k in enumerate(keys):
+            out[i, : lengths[i]] = self._states[k]
+        return out
+
+
+def freeze_encoder(model) -> EncoderCache:
+    """Stop training the encoder (and the word embeddings it shares with the decoder and LM head);
+    `_target_logits` reads its states from the returned cache from then on."""
+    for p in model.model.encoder.parameters():
+        p.requires_grad_(False)
+    model.qagen_encoder_cache = EncoderCache()
+    return model.qagen_encoder_cache
+
+
 def _target_logits(model, b):
     """Logits at the real (non-pad) target positions, their labels, and the keep mask. The encoder
-    runs once per distinct paragraph; only those positions go through the 30k-way LM head."""
-    enc = model.model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    runs once per distinct paragraph (once per run with a frozen encoder); only those positions go
+    through the 30k-way LM head."""
+    cache = getattr(model, "qagen_encoder_cache", None)
+    if cache is not None:
+        enc = cache(model.model.encoder, b["input_ids"], b["attention_mask"])
+    else:
+        enc = model.model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
     idx = b["source_index"]
     # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
     # the positions that carry labels.
@@ -347,13 +397,15 @@ class Recipe:
     build_infilling_paragraphs: Optional[Callable] = None
     # whether the model this recipe trains is scored through QAGen.encode_text (`source_bos`)
     supports_source_bos: bool = False
+    # whether its loss reads the encoder through `_target_logits` (a BART), which `freeze_encoder` needs
+    supports_freeze_encoder: bool = False
 
 
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
                       qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs,
                       qagen_data.build_swap_contrast, qagen_data.build_renamed_paragraphs,
                       qagen_data.build_infilling_paragraphs,
-                      supports_source_bos=True)
+                      supports_source_bos=True, supports_freeze_encoder=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,10 +521,14 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         raise ValueError("swap_contrast_weight is not supported by this model's recipe")
     if opt.source_bos and not recipe.supports_source_bos:
         raise ValueError("source_bos is not supported by this model's recipe")
+    if opt.freeze_encoder and not recipe.supports_freeze_encoder:
+        raise ValueError("freeze_encoder is not supported by this model's recipe")
     model, tok = recipe.build_model(opt)
     if opt.source_bos:
         model.config.qagen_source_bos = True
         model.config.qagen_input_format = SOURCE_BOS_FORMAT
+    if opt.freeze_encoder:
+        freeze_encoder(model)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
     train_paras = recipe.build_paragraphs(
@@ -535,6 +591,7 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         "train_paragraphs": len(train_paras), "train_questions": sum(len(p.targets) for p in train_paras),
         "val_questions": len(val_items), "device": str(device), "dtype": opt.dtype,
         "params": sum(p.numel() for p in model.parameters()),
+        "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         **({"swap_pairs": len(contrast) // 2, "val_swap_pairs": len(val_contrast) // 2} if contrast else {}),
     })
 
