@@ -6,6 +6,7 @@ long run resumes where it stopped."""
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -14,6 +15,25 @@ import numpy as np
 DATASETS = {"QAGS-CNNDM": "mturk_cnndm.jsonl", "QAGS-XSUM": "mturk_xsum.jsonl"}
 # Pearson correlation the QAGS paper reports for QAGS itself (Table 1), the bar we compare with.
 QAGS_PAPER_PEARSON = {"QAGS-CNNDM": 54.5, "QAGS-XSUM": 17.5}
+
+
+# The model-free baseline beside QUALS: on QAGS-CNNDM, how much of a summary is copied from its
+# article already says much about whether people find it supported; a learnt metric is worth
+# reporting only next to that.
+OVERLAP_N = 3
+
+
+def ngram_overlap(article: str, summary: str, n: int = OVERLAP_N) -> float:
+    """Share of the summary's word n-grams (lower-cased letters and digits) that occur in the
+    article; a summary shorter than n words counts as one n-gram of its length."""
+    a = re.findall(r"[a-z0-9]+", article.lower())
+    s = re.findall(r"[a-z0-9]+", summary.lower())
+    if not s:
+        raise ValueError("ngram_overlap: the summary has no words")
+    n = min(n, len(s))
+    grams = set(zip(*(a[i:] for i in range(n))))
+    wanted = list(zip(*(s[i:] for i in range(n))))
+    return sum(g in grams for g in wanted) / len(wanted)
 
 
 def human_score(sentences: Sequence[dict]) -> float:
@@ -79,19 +99,25 @@ def evaluate(scorer, data_dir, output_dir, limit=None, batch_size=8, progress=Tr
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done.append(rec)
-        scored = [r for r in done[: len(items)] if r["quals"] is not None]
-        q = [r["quals"] for r in scored]
-        h = [r["human"] for r in scored]
-        table[name] = {"items": len(items), "scored": len(scored), "pearson": pearson(q, h), "spearman": spearman(q, h)}
+        scored = [(it, r) for it, r in zip(items, done[: len(items)]) if r["quals"] is not None]
+        q = [r["quals"] for _, r in scored]
+        h = [r["human"] for _, r in scored]
+        # on the same summaries as QUALS, so that the two columns compare like with like
+        o = [ngram_overlap(article, summary) for (article, summary, _), _ in scored]
+        table[name] = {"items": len(items), "scored": len(scored), "pearson": pearson(q, h), "spearman": spearman(q, h),
+                       "overlap_pearson": pearson(o, h), "overlap_spearman": spearman(o, h)}
     return table
 
 
 def format_table(table: Dict[str, dict], model_name: str) -> str:
-    lines = ["| dataset | items | with a QUALS score | Pearson (QUALS, %s) | Spearman | QAGS paper's Pearson |" % model_name,
-             "|---|---|---|---|---|---|"]
+    lines = ["| dataset | items | with a QUALS score | Pearson (QUALS, %s) | Spearman | "
+             "Pearson (word %d-gram overlap with the article, no model) | Spearman | QAGS paper's Pearson |"
+             % (model_name, OVERLAP_N),
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in table.items():
-        lines.append("| %s | %d | %d | %.1f | %.1f | %.1f |" % (
-            name, row["items"], row["scored"], 100 * row["pearson"], 100 * row["spearman"], QAGS_PAPER_PEARSON[name]))
+        lines.append("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f |" % (
+            name, row["items"], row["scored"], 100 * row["pearson"], 100 * row["spearman"],
+            100 * row["overlap_pearson"], 100 * row["overlap_spearman"], QAGS_PAPER_PEARSON[name]))
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from quals_fast.evaluation import evaluate, human_score, load_qags, pearson, spearman
+from quals_fast.evaluation import evaluate, format_table, human_score, load_qags, ngram_overlap, pearson, spearman
 
 
 def votes(*answers):
@@ -27,6 +27,18 @@ def test_spearman_uses_average_ranks_for_ties():
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
 
 
+def test_ngram_overlap_counts_copied_word_trigrams():
+    article = "Arsenal beat Chelsea 2-1 at the Emirates Stadium on Sunday."
+    assert ngram_overlap(article, "arsenal beat chelsea") == 1.0
+    assert ngram_overlap(article, "Chelsea beat Arsenal 2-1") == 0.0  # same words, other roles
+    assert ngram_overlap(article, "Arsenal beat Chelsea 3-0") == pytest.approx(1 / 3)
+    assert ngram_overlap(article, "Beat Chelsea, 2-1!") == 1.0
+    assert ngram_overlap(article, "Chelsea won") == 0.0  # shorter than n: one bigram
+    assert ngram_overlap(article, "stadium") == 1.0
+    with pytest.raises(ValueError, match="no words"):
+        ngram_overlap(article, " ... ")
+
+
 def test_load_qags_joins_sentences(data_dir):
     items = load_qags(data_dir / "qags" / "mturk_cnndm.jsonl")
     assert len(items) == 235
@@ -46,6 +58,10 @@ def test_evaluate_writes_and_resumes(tmp_path, data_dir, tiny_model_dir):
     again = evaluate(scorer, data_dir / "qags", out, limit=2, progress=False)
     assert len((out / "mturk_cnndm.scores.jsonl").read_text().splitlines()) == 2
     assert again["QAGS-XSUM"]["items"] == 2
+    row = again["QAGS-CNNDM"]
+    assert {"overlap_pearson", "overlap_spearman"} <= set(row)
+    text = format_table(again, "tiny")
+    assert "3-gram overlap" in text and text.count("\n") == 3
 
 
 def test_bench_correlation_reuses_saved_quals_and_compares_on_common_items(tmp_path, data_dir):
