@@ -2,7 +2,8 @@
 
 A summary's human score is the mean over its sentences of the majority of the three yes/no votes
 ("is it supported by the article?"). Per-item results go to a JSONL file as they are scored, so a
-long run resumes where it stopped."""
+long run resumes where it stopped. Each line also names its item (its line in the QAGS file) and
+holds the QA pairs QUALS kept, with the per-token log-probabilities of both sides."""
 import argparse
 import json
 import os
@@ -19,7 +20,7 @@ QAGS_PAPER_PEARSON = {"QAGS-CNNDM": 54.5, "QAGS-XSUM": 17.5}
 
 # The model-free baseline beside QUALS: on QAGS-CNNDM, how much of a summary is copied from its
 # article already says much about whether people find it supported; a learnt metric is worth
-# reporting only next to that.
+# reporting only next to that, and by what it adds to it (the partial correlation given the overlap).
 OVERLAP_N = 3
 
 
@@ -78,6 +79,20 @@ def spearman(x, y) -> float:
     return pearson(_ranks(np.asarray(x, np.float64)), _ranks(np.asarray(y, np.float64)))
 
 
+def partial_pearson(x, y, control) -> float:
+    """Pearson correlation of x and y once what a straight line in `control` explains is taken out
+    of both: what x says about y beyond `control`."""
+    x, y, z = (np.asarray(v, np.float64) for v in (x, y, control))
+    if len(x) < 3:
+        return float("nan")
+    design = np.column_stack([z, np.ones_like(z)])
+
+    def residual(v):
+        return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+
+    return pearson(residual(x), residual(y))
+
+
 def evaluate(scorer, data_dir, output_dir, limit=None, batch_size=8, progress=True) -> Dict[str, dict]:
     """Scores every dataset (the first `limit` items of each) and returns the correlation table."""
     output_dir = Path(output_dir)
@@ -94,8 +109,13 @@ def evaluate(scorer, data_dir, output_dir, limit=None, batch_size=8, progress=Tr
         with open(out_path, "a", encoding="utf-8") as f:
             results = scorer.iter_scores([a for a, _, _ in todo], [s for _, s, _ in todo], batch_size=batch_size,
                                          on_error="report", progress=progress) if todo else []
-            for (_, _, human), res in zip(todo, results):
-                rec = {"human": human, "quals": res.score, "pairs": len(res.pairs), "error": res.error}
+            for index, ((_, _, human), res) in enumerate(zip(todo, results), start=len(done)):
+                detail = res.to_dict()
+                # "qa" keeps the kept pairs with their per-token log-probs, so that a surprising score can
+                # be read back (and split into question and answer parts) without scoring again.
+                rec = {"item": index, "human": human, "quals": res.score, "pairs": len(res.pairs), "error": res.error,
+                       "reason": res.reason, "num_candidates": res.num_candidates,
+                       "source_truncated": res.source_truncated, "qa": detail["pairs"]}
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done.append(rec)
@@ -105,19 +125,22 @@ def evaluate(scorer, data_dir, output_dir, limit=None, batch_size=8, progress=Tr
         # on the same summaries as QUALS, so that the two columns compare like with like
         o = [ngram_overlap(article, summary) for (article, summary, _), _ in scored]
         table[name] = {"items": len(items), "scored": len(scored), "pearson": pearson(q, h), "spearman": spearman(q, h),
-                       "overlap_pearson": pearson(o, h), "overlap_spearman": spearman(o, h)}
+                       "overlap_pearson": pearson(o, h), "overlap_spearman": spearman(o, h),
+                       "pearson_beyond_overlap": partial_pearson(q, h, o)}
     return table
 
 
 def format_table(table: Dict[str, dict], model_name: str) -> str:
     lines = ["| dataset | items | with a QUALS score | Pearson (QUALS, %s) | Spearman | "
-             "Pearson (word %d-gram overlap with the article, no model) | Spearman | QAGS paper's Pearson |"
+             "Pearson (word %d-gram overlap with the article, no model) | Spearman | "
+             "QUALS beyond the overlap (partial Pearson) | QAGS paper's Pearson |"
              % (model_name, OVERLAP_N),
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in table.items():
-        lines.append("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f |" % (
+        lines.append("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |" % (
             name, row["items"], row["scored"], 100 * row["pearson"], 100 * row["spearman"],
-            100 * row["overlap_pearson"], 100 * row["overlap_spearman"], QAGS_PAPER_PEARSON[name]))
+            100 * row["overlap_pearson"], 100 * row["overlap_spearman"], 100 * row["pearson_beyond_overlap"],
+            QAGS_PAPER_PEARSON[name]))
     return "\n".join(lines)
 
 

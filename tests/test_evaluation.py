@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from quals_fast.evaluation import evaluate, format_table, human_score, load_qags, ngram_overlap, pearson, spearman
+from quals_fast.evaluation import (evaluate, format_table, human_score, load_qags, ngram_overlap, partial_pearson, pearson,
+                                   spearman)
 
 
 def votes(*answers):
@@ -39,6 +40,23 @@ def test_ngram_overlap_counts_copied_word_trigrams():
         ngram_overlap(article, " ... ")
 
 
+def test_partial_pearson_removes_what_the_control_explains():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=400)
+    noise_x, noise_y = rng.normal(size=400), rng.normal(size=400)
+    # x and y agree only through z: nothing is left once z is taken out
+    x, y = z + 0.3 * noise_x, z + 0.3 * noise_y
+    assert pearson(x, y) > 0.8 and abs(partial_pearson(x, y, z)) < 0.15
+    # x carries y's own part too: that survives
+    y2 = z + noise_y
+    x2 = z + noise_y + 0.3 * noise_x
+    assert partial_pearson(x2, y2, z) > 0.9
+    # the textbook formula for one control variable
+    a, b, c = pearson(x2, y2), pearson(x2, z), pearson(y2, z)
+    assert partial_pearson(x2, y2, z) == pytest.approx((a - b * c) / math.sqrt((1 - b * b) * (1 - c * c)))
+    assert math.isnan(partial_pearson([1.0, 2.0], [2.0, 1.0], [0.0, 1.0]))
+
+
 def test_load_qags_joins_sentences(data_dir):
     items = load_qags(data_dir / "qags" / "mturk_cnndm.jsonl")
     assert len(items) == 235
@@ -55,13 +73,23 @@ def test_evaluate_writes_and_resumes(tmp_path, data_dir, tiny_model_dir):
     assert set(table) == {"QAGS-CNNDM", "QAGS-XSUM"} and table["QAGS-CNNDM"]["items"] == 2
     lines = (out / "mturk_cnndm.scores.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "human" in json.loads(lines[0])
+    recs = [json.loads(line) for line in lines]
+    assert [r["item"] for r in recs] == [0, 1] and any(r["pairs"] for r in recs)
+    for r in recs:
+        assert len(r["qa"]) == r["pairs"]
+        for pair in r["qa"]:
+            # what QUALS averages, readable back from the file
+            assert pair["delta"] == pytest.approx(pair["source_score"] - pair["summary_score"])
+            assert len(pair["source_token_scores"]) == len(pair["token_strings"])
+        if r["pairs"]:
+            assert r["quals"] == pytest.approx(sum(p["delta"] for p in r["qa"]) / r["pairs"])
     again = evaluate(scorer, data_dir / "qags", out, limit=2, progress=False)
     assert len((out / "mturk_cnndm.scores.jsonl").read_text().splitlines()) == 2
     assert again["QAGS-XSUM"]["items"] == 2
     row = again["QAGS-CNNDM"]
-    assert {"overlap_pearson", "overlap_spearman"} <= set(row)
+    assert {"overlap_pearson", "overlap_spearman", "pearson_beyond_overlap"} <= set(row)
     text = format_table(again, "tiny")
-    assert "3-gram overlap" in text and text.count("\n") == 3
+    assert "3-gram overlap" in text and "beyond the overlap" in text and text.count("\n") == 3
 
 
 def test_bench_correlation_reuses_saved_quals_and_compares_on_common_items(tmp_path, data_dir):
