@@ -6,7 +6,12 @@ output folders (two QAGen models on the same QAGS items).
 For each dataset: Pearson of each model over the summaries both scored, the difference (new −
 old) and its 95% percentile interval, resampling summaries with replacement. The model card
 quotes it when the default model changes. With one folder: that model's Pearson and its own 95%
-interval (is it firmly below or above a published figure?)."""
+interval (is it firmly below or above a published figure?).
+
+The interval is the summaries' sampling noise only. It does not include training noise: the
+default model's own recipe trained again with another seed moved QAGS-XSUM by −9.0 [−17.0, −0.7]
+(model card, "Session 23"), so an interval that excludes zero does not by itself show that two
+recipes differ."""
 import argparse
 import json
 from pathlib import Path
