@@ -180,7 +180,7 @@ def test_bench_correlation_caches_qags_per_model(tmp_path, data_dir):
     assert bars[-2:] == [True, True] and not any(bars[:-2])
 
 
-def test_correlation_diff_paired_bootstrap():
+def _correlation_diff():
     import importlib.util
     from pathlib import Path
 
@@ -188,6 +188,11 @@ def test_correlation_diff_paired_bootstrap():
     spec = importlib.util.spec_from_file_location("_correlation_diff", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_correlation_diff_paired_bootstrap():
+    mod = _correlation_diff()
     rng = np.random.default_rng(1)
     human = rng.random(60)
     old = [{"human": h, "quals": h + rng.normal(0, 1.0)} for h in human]
@@ -204,3 +209,36 @@ def test_correlation_diff_paired_bootstrap():
     one = mod.pearson_interval(new, resamples=300, seed=0)
     assert one["scored"] == 59 and one["pearson"] == pytest.approx(out["new_pearson"])
     assert one["interval_95"][0] < one["pearson"] < one["interval_95"][1] < 1
+
+
+def test_correlation_diff_seed_spread(tmp_path):
+    mod = _correlation_diff()
+    rng = np.random.default_rng(2)
+    human = rng.random(80)
+
+    def model(noise):
+        return {name: [{"human": h, "quals": h + rng.normal(0, noise)} for h in human] for name in mod.FILES}
+
+    draws = [model(1.0) for _ in range(3)]
+    out = mod.seed_spread(draws, model(0.05))
+    for key in list(mod.FILES) + ["combined"]:
+        row = out[key]
+        assert len(row["draws"]) == 3 and row["sd"] > 0
+        assert row["mean"] == pytest.approx(np.mean(row["draws"]))
+        assert row["z"] == pytest.approx((row["candidate"] - row["mean"]) / row["sd"])
+        assert row["draws_below_candidate"] == 3 and row["z"] > 2   # far less noise: above every draw
+    assert out["combined"]["candidate"] == pytest.approx(sum(out[n]["candidate"] for n in mod.FILES))
+    same = mod.seed_spread(draws, draws[0])
+    assert same["combined"]["candidate"] == same["combined"]["draws"][0]
+    with pytest.raises(ValueError, match="at least two"):
+        mod.seed_spread(draws[:1], draws[0])
+
+    # The command line: folders as eval-correlation writes them.
+    folders = []
+    for i, d in enumerate(draws + [model(0.05)]):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        for name, f in mod.FILES.items():
+            (folder / f).write_text("".join(json.dumps(r) + "\n" for r in d[name]))
+        folders.append(str(folder))
+    assert mod.main([folders[0], folders[3], "--draws", *folders[:3], "--resamples", "20"]) == 0
