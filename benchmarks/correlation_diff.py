@@ -10,7 +10,7 @@ interval (is it firmly below or above a published figure?).
 
 The interval is the summaries' sampling noise only. It does not include training noise: the
 default model's own recipe trained again with another seed moved QAGS-XSUM by −9.0 [−17.0, −0.7]
-(model card, "Session 23"), so an interval that excludes zero does not by itself show that two
+(docs/QAGEN_EXPERIMENTS.md, "Session 23"), so an interval that excludes zero does not by itself show that two
 recipes differ.
 
 `--draws` gives that training noise a number: the folders of one recipe trained with different
