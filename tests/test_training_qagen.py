@@ -528,6 +528,51 @@ def test_repetition_unlikelihood_changes_training_not_validation(tmp_path):
         pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
 
 
+def test_answer_alignment_marks_every_occurrence_of_the_answer():
+    sep, eos, pad = 30522, 102, 0
+    # row 0: answer [7, 8] stands twice in source 0; row 1: answer [9] is not in source 1
+    labels = torch.tensor([[4, 5, sep, 7, 8, eos], [4, sep, 9, eos, -100, -100]])
+    input_ids = torch.tensor([[101, 7, 8, 3, 7, 8, eos], [101, 3, 3, eos, pad, pad, pad]])
+    got = qagen.answer_alignment(labels, input_ids, torch.tensor([0, 1]), sep, eos)
+    assert got.shape == (2, 6, 7)
+    assert sorted(map(tuple, got[0].nonzero().tolist())) == [(3, 1), (3, 4), (4, 2), (4, 5)]
+    assert not got[1].any()
+
+
+def test_alignment_loss_pulls_one_head_onto_the_answer(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    opts = _opts(tmp_path / "al", alignment_loss_weight=1.0)
+    model, tok = qagen.QAGEN_RECIPE.build_model(opts)
+    sep = model.config.qagen_separator_token_id
+    paras = qagen_data.build_paragraphs([DATA / qagen_data.VALID_FILE], tok, sep, 512, 24, 2)
+    items = [(0, 0), (1, 0)]
+    batch = qagen._collate_qagen(paras, items, opts)
+    target = qagen.answer_alignment(batch["labels"], batch["input_ids"], batch["source_index"], sep, model.config.eos_token_id)
+    assert target.any(-1).any(-1).all()  # SQuAD answers are spans of their paragraphs
+    attn = model.model.decoder.layers[-1].encoder_attn
+    opt = torch.optim.Adam(list(attn.q_proj.parameters()) + list(attn.k_proj.parameters()), lr=1e-2)
+    model.eval()  # no dropout: the loss must fall from the head's projections alone
+
+    def align():
+        capture = {}
+        qagen._target_logits(model, batch, capture)
+        return qagen.alignment_loss(model, capture, target)
+
+    first = align()
+    with_al, n = qagen.qagen_loss(model, batch, "cpu")
+    plain, n2 = qagen.qagen_loss(model, qagen._collate_qagen(paras, items, None), "cpu")
+    assert n == n2 and float(with_al) == pytest.approx(float(plain) + float(first), rel=1e-4)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = align()
+        loss.backward()
+        opt.step()
+    assert float(align()) < 0.5 * float(first)
+    assert qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=opts) == \
+        pytest.approx(qagen.evaluate(model, paras, items, 8, torch.device("cpu"), "fp32", options=None))
+
+
 def test_encoder_cache_gives_the_encoder_states(warm):
     model, tok = warm
     model.train()  # the cache must compute without dropout whatever mode the model is in

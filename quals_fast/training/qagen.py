@@ -55,6 +55,7 @@ class TrainQAGenOptions:
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
     renamed_copies: int = field(default=0, metadata={"help": "also train on N copies of every paragraph with its people, organisations and places consistently renamed (paragraph, questions and answers) to other names of their kind, so that who did what can only be read from the input, not recalled; 0 = off (needs spaCy, the qags extra)"})
     entity_infilling: bool = field(default=False, metadata={"help": "also train on entity infilling: every training sentence whose people, organisations, places or nationalities are also named elsewhere in its paragraph, with those mentions masked in the paragraph as input (opened by a marker token) and the sentence as target, so that the decoder learns to copy a sentence exactly and to read who fills each role from the input (needs spaCy, the qags extra)"})
+    alignment_loss_weight: float = field(default=0.0, metadata={"help": "weight of a supervised copy-attention loss: one head (the first) of the last decoder layer's cross-attention must, at every answer token, attend to where that token stands in the input (any occurrence of the whole answer), so that the decoder learns to find the answer a question asks for rather than only to write likely words; the model stays a plain BART; 0 = off; validation loss is always plain NLL"})
     swap_contrast_weight: float = field(default=0.0, metadata={"help": "weight of a margin loss on role swaps: for questions whose answer is a named entity, the paragraph with that entity exchanged with another of its kind in its sentence must make the question and answer at least --swap-margin nats/token less likely than the paragraph itself (QUALS's source-vs-summary gap on a swapped summary); 0 = off (needs spaCy, the qags extra)"})
     swap_margin: float = field(default=1.0, metadata={"help": "margin (mean log-prob per target token) of --swap-contrast-weight"})
     swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
@@ -86,7 +87,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
-        "entity_infilling",
+        "entity_infilling", "alignment_loss_weight",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
         "freeze_encoder",
     )
@@ -119,6 +120,8 @@ class TrainQAGenOptions:
             bad(f"answer_loss_weight must be a positive number, got {self.answer_loss_weight}")
         if not (self.repetition_unlikelihood >= 0 and math.isfinite(self.repetition_unlikelihood)):
             bad(f"repetition_unlikelihood must be a number >= 0, got {self.repetition_unlikelihood}")
+        if not (self.alignment_loss_weight >= 0 and math.isfinite(self.alignment_loss_weight)):
+            bad(f"alignment_loss_weight must be a number >= 0, got {self.alignment_loss_weight}")
         if not (self.swap_contrast_weight >= 0 and math.isfinite(self.swap_contrast_weight)):
             bad(f"swap_contrast_weight must be a number >= 0, got {self.swap_contrast_weight}")
         if not (self.swap_margin > 0 and math.isfinite(self.swap_margin)):
@@ -236,35 +239,94 @@ def freeze_encoder(model) -> EncoderCache:
     return model.qagen_encoder_cache
 
 
-def _target_logits(model, b):
+def _target_logits(model, b, capture: Optional[dict] = None):
     """Logits at the real (non-pad) target positions, their labels, and the keep mask. The encoder
     runs once per distinct paragraph (once per run with a frozen encoder); only those positions go
-    through the 30k-way LM head."""
+    through the 30k-way LM head. With `capture`, it receives what the last decoder layer's
+    cross-attention reads (its query states, the encoder states and mask per row)."""
     cache = getattr(model, "qagen_encoder_cache", None)
     if cache is not None:
         enc = cache(model.model.encoder, b["input_ids"], b["attention_mask"])
     else:
         enc = model.model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
     idx = b["source_index"]
-    # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
-    # the positions that carry labels.
-    dec = model.model.decoder(
-        input_ids=b["decoder_input_ids"],
-        encoder_hidden_states=enc.index_select(0, idx),
-        encoder_attention_mask=b["attention_mask"].index_select(0, idx),
-        use_cache=False,
-    ).last_hidden_state
+    enc_rows, enc_mask = enc.index_select(0, idx), b["attention_mask"].index_select(0, idx)
+    hook = None
+    if capture is not None:
+        capture.update(encoder_states=enc_rows, encoder_mask=enc_mask)
+        hook = model.model.decoder.layers[-1].encoder_attn.register_forward_pre_hook(
+            lambda _m, args, kwargs: capture.__setitem__("query", kwargs.get("hidden_states", args[0] if args else None)),
+            with_kwargs=True)
+    try:
+        # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
+        # the positions that carry labels.
+        dec = model.model.decoder(
+            input_ids=b["decoder_input_ids"],
+            encoder_hidden_states=enc_rows,
+            encoder_attention_mask=enc_mask,
+            use_cache=False,
+        ).last_hidden_state
+    finally:
+        if hook is not None:
+            hook.remove()
     keep = b["labels"] != -100
     return model.lm_head(dec[keep]) + model.final_logits_bias.to(dec.dtype), b["labels"][keep], keep
 
 
+def answer_alignment(labels: torch.Tensor, input_ids: torch.Tensor, source_index: torch.Tensor, sep_id: int,
+                     eos_id: int) -> torch.Tensor:
+    """[N, T, S] bool: at the label position of each answer token (after the separator, before the
+    final eos), the input positions that token is copied from: every occurrence of the whole answer
+    in its row's input, shifted by the token's place in the answer. All False for a row whose answer
+    is not in its input (truncated away, or worded differently)."""
+    n, t = labels.shape
+    out = torch.zeros((n, t, input_ids.shape[1]), dtype=torch.bool)
+    sources = input_ids.tolist()
+    for r, row in enumerate(labels.tolist()):
+        if sep_id not in row:
+            continue
+        a0 = row.index(sep_id) + 1
+        answer = []
+        for tok in row[a0:]:
+            if tok in (eos_id, -100):
+                break
+            answer.append(tok)
+        src = sources[int(source_index[r])]
+        for s in range(len(src) - len(answer) + 1) if answer else ():
+            if src[s : s + len(answer)] == answer:
+                for j in range(len(answer)):
+                    out[r, a0 + j, s + j] = True
+    return out
+
+
+def alignment_loss(model, capture: dict, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the answer tokens that have a source position of -log(attention mass of the last
+    decoder layer's first cross-attention head on those positions); 0 when none has one. Computed
+    from the layer's own projections, so it needs no eager attention and adds no parameters."""
+    sel = target.any(-1)
+    if not bool(sel.any()):
+        return capture["query"].sum() * 0.0
+    attn = model.model.decoder.layers[-1].encoder_attn
+    d = attn.head_dim
+    q = attn.q_proj(capture["query"])[..., :d]
+    k = attn.k_proj(capture["encoder_states"])[..., :d]
+    scores = torch.einsum("ntd,nsd->nts", q.float(), k.float()) * attn.scaling
+    scores = scores.masked_fill(~capture["encoder_mask"].bool()[:, None, :], float("-inf"))
+    logp = torch.log_softmax(scores, -1)
+    on_target = torch.logsumexp(logp.masked_fill(~target, float("-inf")), -1)
+    return -on_target[sel].mean()
+
+
 def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: str = "mean"):
     """Token-level cross-entropy over the targets of `batch` (with `mean`, the training loss: the
-    batch's answer weighting and repetition unlikelihood included)."""
+    batch's answer weighting, repetition unlikelihood and copy-attention alignment included)."""
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    logits, labels, keep = _target_logits(model, b)
+    extras = ("answer_loss_weight", "unlikelihood_weight", "alignment_weight")
+    training_terms = reduction == "mean" and any(k in b for k in extras)
+    capture = {} if training_terms and "alignment_weight" in b else None
+    logits, labels, keep = _target_logits(model, b, capture)
     sep_id = model.config.qagen_separator_token_id
-    if reduction != "mean" or not ("answer_loss_weight" in b or "unlikelihood_weight" in b):
+    if not training_terms:
         return torch.nn.functional.cross_entropy(
             logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction
         ), int(keep.sum())
@@ -274,6 +336,10 @@ def qagen_loss(model, batch, device, label_smoothing: float = 0.0, reduction: st
     if "unlikelihood_weight" in b:
         loss = loss + float(b["unlikelihood_weight"]) * repetition_unlikelihood(
             logits, b["labels"], keep, (sep_id, model.config.eos_token_id))
+    if capture is not None:
+        target = answer_alignment(b["labels"].cpu(), b["input_ids"].cpu(), b["source_index"].cpu(), sep_id,
+                                  model.config.eos_token_id).to(logits.device)
+        loss = loss + float(b["alignment_weight"]) * alignment_loss(model, capture, target)
     return loss, int(keep.sum())
 
 
@@ -350,6 +416,7 @@ def evaluate(model, paragraphs, items, batch_size, device, dtype, recipe: "Recip
         # validation is plain NLL, whatever the training weights
         batch.pop("answer_loss_weight", None)
         batch.pop("unlikelihood_weight", None)
+        batch.pop("alignment_weight", None)
         with _autocast(device, dtype):
             loss, n = recipe.loss(model, batch, device, reduction="sum")
         total += float(loss)
@@ -372,6 +439,8 @@ def _collate_qagen(paragraphs, items, opt):
         batch["answer_loss_weight"] = torch.tensor(opt.answer_loss_weight)
     if opt is not None and opt.repetition_unlikelihood:
         batch["unlikelihood_weight"] = torch.tensor(opt.repetition_unlikelihood)
+    if opt is not None and opt.alignment_loss_weight:
+        batch["alignment_weight"] = torch.tensor(opt.alignment_loss_weight)
     return batch
 
 
