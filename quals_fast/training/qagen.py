@@ -254,9 +254,13 @@ def _target_logits(model, b, capture: Optional[dict] = None):
     hook = None
     if capture is not None:
         capture.update(encoder_states=enc_rows, encoder_mask=enc_mask)
-        hook = model.model.decoder.layers[-1].encoder_attn.register_forward_pre_hook(
-            lambda _m, args, kwargs: capture.__setitem__("query", kwargs.get("hidden_states", args[0] if args else None)),
-            with_kwargs=True)
+
+        # The cross-attention's query input exists only inside the decoder layer (after its
+        # self-attention block); a pre-hook reads it without asking for eager attention weights.
+        def keep_query(_module, args, kwargs):
+            capture["query"] = kwargs.get("hidden_states", args[0] if args else None)
+
+        hook = model.model.decoder.layers[-1].encoder_attn.register_forward_pre_hook(keep_query, with_kwargs=True)
     try:
         # No decoder mask: targets are right-padded and attention is causal, so pads never leak into
         # the positions that carry labels.
