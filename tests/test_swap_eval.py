@@ -163,3 +163,26 @@ def test_article_sentence_pairs_take_the_first_sentence_that_allows_the_corrupti
     assert pairs[0]["faithful"] in source and pairs[0]["swapped"] not in source
     with pytest.raises(ValueError, match="faithful"):
         build_news_swap_pairs(f, 5, nlp, faithful="reference")
+
+
+def test_teacher_forced_mode_scores_the_reader_on_dev_b(data_dir, nlp, tmp_path):
+    from quals_fast.checkpoint import default_model_dir
+    from quals_fast.cli import main
+
+    if not (default_model_dir() / "config.json").is_file():
+        pytest.skip("the default model is not embedded in this checkout")
+    out = tmp_path / "tf.json"
+    assert main(["eval-swaps", "--teacher-forced", "--pairs", "12", "--data-dir", str(data_dir / "squad"),
+                 "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["paragraphs"] == 12
+    for name in ("wrong_answer", "swapped_paragraph"):
+        r = result[name]
+        assert r["pairs"] >= 1 and 0.0 <= r["ranked_right"] <= 1.0 and r["mean_gap"] == r["mean_gap"]
+
+
+def test_teacher_forced_mode_refuses_news_inputs(tmp_path):
+    from quals_fast.cli import main
+
+    with pytest.raises(SystemExit, match="--teacher-forced reads SQuAD dev-b"):
+        main(["eval-swaps", "--teacher-forced", "--news-file", str(tmp_path / "x.jsonl")])
