@@ -176,7 +176,7 @@ def test_teacher_forced_mode_scores_the_reader_on_dev_b(data_dir, nlp, tmp_path)
                  "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["paragraphs"] == 12
-    for name in ("wrong_answer", "swapped_paragraph"):
+    for name in ("wrong_answer", "swapped_paragraph", "distractor"):
         r = result[name]
         assert r["pairs"] >= 1 and 0.0 <= r["ranked_right"] <= 1.0 and r["mean_gap"] == r["mean_gap"]
 

@@ -676,6 +676,35 @@ def test_answer_contrast_pairs_keep_the_paragraph_and_swap_the_answer(tmp_path, 
         qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp, kind="question")
 
 
+def test_distractor_pairs_take_entities_of_the_answers_kind_from_the_whole_paragraph(tmp_path, warm, nlp):
+    tok = warm[1]
+    f = _squad_file(tmp_path / "s.json", SWAP_CONTEXT, [
+        ("Who lost on points?", "Manny Pacquiao"),           # one other person, same sentence
+        ("Who beat Manny Pacquiao?", "Floyd Mayweather"),    # the only other person is in the question
+        ("Which company is the buyer?", "Apple"),            # Shazam, and nothing further
+    ])
+    pairs = qagen_data.build_swap_contrast([f], tok, 30522, 128, 32, nlp=nlp, kind="distractor")
+    targets = [tok.decode(p.targets[0]) for p in pairs]
+    same = tok(SWAP_CONTEXT, add_special_tokens=False).input_ids + [warmstart.EOS_ID]
+    assert all(p.source == same for p in pairs)
+    assert targets[:2] == ["who lost on points? [qsep] manny pacquiao", "who lost on points? [qsep] floyd mayweather"]
+    assert not any(t.endswith("[qsep] manny pacquiao") for t in targets[2:])   # the question names him
+    assert targets[-2:] == ["which company is the buyer? [qsep] apple", "which company is the buyer? [qsep] shazam"]
+
+
+def test_distractors_are_distinct_names_nearest_first_and_capped():
+    class E(_Ent):
+        def __init__(self, text, label, start):
+            super().__init__(text, label)
+            self.start_char, self.end_char = start, start + len(text)
+
+    a = E("Paris", "GPE", 50)
+    ents = [E("Rome", "GPE", 0), E("Lyon", "GPE", 40), E("paris", "GPE", 70), E("Oslo", "GPE", 90),
+            E("Nice", "GPE", 58), E("May", "DATE", 52), a]
+    got = qagen_data._distractors(a, ents, "Which city hosted the Nice summit?", 50, 55)
+    assert [b.text for b in got] == ["Lyon", "Oslo"][: qagen_data.DISTRACTORS_PER_QUESTION]
+
+
 # --- renamed copies (--renamed-copies) ----------------------------------------------------------
 
 class _Ent:

@@ -251,8 +251,12 @@ def build_subject_paragraphs(
 
 # Named-entity kinds whose exchange changes who did what (people, organisations, places, nationalities).
 SWAP_LABELS = ("PERSON", "ORG", "GPE", "NORP", "LOC")
-# What a role-swap contrast pair varies: the paragraph (source) or the answer (target).
-CONTRAST_KINDS = ("paragraph", "answer")
+# What a role-swap contrast pair varies: the paragraph (source), or the answer (target) for another
+# entity of its sentence ("answer") or of its whole paragraph ("distractor").
+CONTRAST_KINDS = ("paragraph", "answer", "distractor")
+# Nearest first: a distractor close to the answer is the hard case, and more than two per question
+# would let a few long paragraphs dominate the pairs.
+DISTRACTORS_PER_QUESTION = 2
 
 
 def swappable(text: str, a, b) -> bool:
@@ -289,7 +293,12 @@ def build_swap_contrast(
     `kind="answer"`, keeps the paragraph with the other entity as the answer. Either way the first
     is true and the second false: QUALS's source-vs-summary difference on a role swap (the summary
     side, or the source side's likelihood of a swapped summary's answer), turned into a training
-    signal. Questions that give no such swap are left out."""
+    signal. Questions that give no such swap are left out.
+
+    `kind="distractor"` is "answer" without the sentence: any entity of the answer's kind (every
+    spaCy kind: dates and numbers too) anywhere in the paragraph, not named in the question, up to
+    DISTRACTORS_PER_QUESTION of them, nearest first. It asks the model to find the answer among all
+    the paragraph's candidates, and gives several times the pairs of "answer"."""
     if kind not in CONTRAST_KINDS:
         raise ValueError(f"kind must be one of {CONTRAST_KINDS}, got {kind!r}")
     nlp = _spacy(nlp)
@@ -298,7 +307,7 @@ def build_swap_contrast(
     docs = nlp.pipe([c for c, _ in raw], batch_size=64, disable=["lemmatizer", "parser", "tagger"])
     for (context, qas), doc in zip(raw, docs):
         spans = sentence_spans(context)
-        ents = [e for e in doc.ents if e.label_ in SWAP_LABELS]
+        ents = list(doc.ents) if kind == "distractor" else [e for e in doc.ents if e.label_ in SWAP_LABELS]
         for question, answer, start in qas:
             located = locate_answer(context, answer, start)
             if located is None:
@@ -308,6 +317,11 @@ def build_swap_contrast(
             if len(inside) != 1:
                 continue
             a = inside[0]
+            if kind == "distractor":
+                for b in _distractors(a, ents, question, start, end):
+                    sources += [context, context]
+                    targets += [(question.strip(), answer), (question.strip(), _replace_in_answer(answer, start, a, b))]
+                continue
             sent = next((s for s in spans if s[0] <= a.start_char < s[1]), None)
             partners = [b for b in ents if sent[0] <= b.start_char < sent[1] and not (start < b.end_char and b.start_char < end)]
             for b in partners:
@@ -319,11 +333,8 @@ def build_swap_contrast(
                         sources += [context, exchange(context, first, second)]
                         targets += [(question.strip(), answer)] * 2
                     else:
-                        # The wrong answer keeps the gold answer's wording around the entity
-                        # ("the Arsenal side" -> "the Chelsea side"), so only who differs.
-                        wrong = answer[: a.start_char - start] + b.text + answer[a.end_char - start :]
                         sources += [context, context]
-                        targets += [(question.strip(), answer), (question.strip(), wrong)]
+                        targets += [(question.strip(), answer), (question.strip(), _replace_in_answer(answer, start, a, b))]
                     break
     src = _ids(tokenizer, sources)
     qs, ans = _ids(tokenizer, [q for q, _ in targets]), _ids(tokenizer, [a for _, a in targets])
@@ -335,6 +346,26 @@ def build_swap_contrast(
         if (pos, t_pos) != (neg, t_neg):
             out += [Paragraph(pos, [t_pos]), Paragraph(neg, [t_neg])]
     return out
+
+
+def _replace_in_answer(answer: str, start: int, a, b) -> str:
+    # The wrong answer keeps the gold answer's wording around the entity ("the Arsenal side" ->
+    # "the Chelsea side"), so only who (or when, how many) differs.
+    return answer[: a.start_char - start] + b.text + answer[a.end_char - start :]
+
+
+def _distractors(a, ents, question: str, start: int, end: int) -> list:
+    """Entities of `a`'s kind elsewhere in the paragraph that could stand in for it as the answer:
+    another name (case aside), outside the answer, not named in the question; one per name,
+    nearest to `a` first."""
+    seen, out = {a.text.lower()}, []
+    for b in sorted(ents, key=lambda e: abs(e.start_char - a.start_char)):
+        name = b.text.lower()
+        if (b.label_ == a.label_ and name not in seen and name not in question.lower()
+                and not (start < b.end_char and b.start_char < end)):
+            seen.add(name)
+            out.append(b)
+    return out[:DISTRACTORS_PER_QUESTION]
 
 
 # Who and where: the kinds a renaming keeps readable. Nationalities and other locations are left

@@ -176,15 +176,16 @@ def teacher_forced_swaps(model_dir=None, data_dir="../shared/data/squad", paragr
     """The reader alone, without generation or selection: gold dev-b questions whose answer is a
     named entity with another of its kind in its sentence, teacher-forced given their paragraph,
     against the same question with the other entity as the answer (`wrong_answer`) and against
-    the paragraph with the two entities exchanged (`swapped_paragraph`); `build_swap_contrast` over
-    the first `paragraphs` dev-b paragraphs. For each: pairs, share with the true side more likely,
+    the paragraph with the two entities exchanged (`swapped_paragraph`), and, from any question
+    whose answer is one entity, against up to two entities of its kind from the whole paragraph
+    as the answer (`distractor`); `build_swap_contrast` over the first `paragraphs` dev-b paragraphs. For each: pairs, share with the true side more likely,
     mean gap (nats/token). Four seeds of one recipe agree here to within 0.02, where QUALS on
     summaries moves by far more, so it screens a recipe in minutes."""
     import torch
 
     from quals_fast.checkpoint import default_model_dir
     from quals_fast.training.qagen import evaluate_contrast
-    from quals_fast.training.qagen_data import CONTRAST_KINDS, as_model_reads, build_swap_contrast
+    from quals_fast.training.qagen_data import as_model_reads, build_swap_contrast
     from quals_fast.training.warmstart import load_qagen_for_training
 
     path = str(model_dir or default_model_dir())
@@ -193,7 +194,7 @@ def teacher_forced_swaps(model_dir=None, data_dir="../shared/data/squad", paragr
     sep = model.config.qagen_separator_token_id
     max_source = min(512, model.config.max_position_embeddings)
     out = {"model": path, "paragraphs": paragraphs}
-    for kind, name in zip(CONTRAST_KINDS, ("swapped_paragraph", "wrong_answer")):
+    for kind, name in (("paragraph", "swapped_paragraph"), ("answer", "wrong_answer"), ("distractor", "distractor")):
         pairs = as_model_reads(build_swap_contrast([Path(data_dir) / VALID_FILE], tok, sep, max_source, 64, paragraphs,
                                                    kind=kind), model.config, max_source)
         r = evaluate_contrast(model, pairs, batch_size, torch.device(device), "fp32")
