@@ -120,11 +120,13 @@ def test_news_pairs_are_saved_from_the_cli(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="No such file"):
         main(["eval-swaps", "--news-file", str(tmp_path / "missing.jsonl"), "--save-pairs", str(out)])
     fixed = [{"id": "n-1", "source": "Ann beat Bob.", "faithful": "Ann beat Bob .", "swapped": "Bob beat Ann ."}]
-    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption, faithful: [dict(p) for p in fixed][:n])
+    monkeypatch.setattr(swap_eval, "build_news_swap_pairs", lambda path, n, corruption, faithful, article_skip: [dict(p) for p in fixed][:n])
     assert main(["eval-swaps", "--news-file", "any.jsonl", "--pairs", "3", "--save-pairs", str(out)]) == 0
     assert json.loads(out.read_text()) == fixed
     with pytest.raises(SystemExit, match="only with --news-file"):
         main(["eval-swaps", "--faithful", "article", "--save-pairs", str(out)])
+    with pytest.raises(SystemExit, match="only with --news-file"):
+        main(["eval-swaps", "--article-skip", "1", "--save-pairs", str(out)])
 
 
 def test_substitute_credits_the_article_s_other_participant():
@@ -163,6 +165,21 @@ def test_article_sentence_pairs_take_the_first_sentence_that_allows_the_corrupti
     assert pairs[0]["faithful"] in source and pairs[0]["swapped"] not in source
     with pytest.raises(ValueError, match="faithful"):
         build_news_swap_pairs(f, 5, nlp, faithful="reference")
+
+
+def test_article_skip_takes_a_later_sentence_and_drops_articles_without_one(tmp_path, nlp):
+    f = tmp_path / "news.jsonl"
+    source = ("Michael Gove was sacked by Theresa May. It rained in Rome on Monday. "
+              "Boris Johnson thanked Rishi Sunak. Nothing else happened.")
+    f.write_text(json.dumps({"id": 5, "source": source, "summary": "It rained ."}) + "\n"
+                 + json.dumps({"id": 6, "source": "Michael Gove was sacked by Theresa May.", "summary": "x"}) + "\n")
+    first = build_news_swap_pairs(f, 5, nlp, faithful="article")
+    assert [p["id"] for p in first] == ["news-5-sentence0", "news-6-sentence0"]
+    later = build_news_swap_pairs(f, 5, nlp, faithful="article", article_skip=1)
+    assert [(p["id"], p["faithful"]) for p in later] == [("news-5-sentence2", "Boris Johnson thanked Rishi Sunak.")]
+    for bad in ({"article_skip": -1}, {"article_skip": 1, "faithful": "summary"}):
+        with pytest.raises(ValueError, match="article_skip"):
+            build_news_swap_pairs(f, 5, nlp, **{"faithful": "article", **bad})
 
 
 def test_teacher_forced_mode_scores_the_reader_on_dev_b(data_dir, nlp, tmp_path):

@@ -50,12 +50,15 @@ def build_swap_pairs(data_dir, n: int = 40, nlp=None) -> list:
     return pairs
 
 
-def _first_changed(texts, docs, change):
-    """(index, text, changed) for the first text that `change(text, doc)` alters, or None."""
+def _first_changed(texts, docs, change, skip: int = 0):
+    """(index, text, changed) for the first text that `change(text, doc)` alters after the first
+    `skip` such texts, or None."""
     for k, (text, doc) in enumerate(zip(texts, docs)):
         changed = change(text, doc)
         if changed:
-            return k, text, changed
+            if not skip:
+                return k, text, changed
+            skip -= 1
     return None
 
 
@@ -83,7 +86,8 @@ def _substitute(sentence: str, doc, source_doc) -> str:
     return ""
 
 
-def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap", faithful: str = "summary") -> list:
+def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap", faithful: str = "summary",
+                          article_skip: int = 0) -> list:
     """The same kind of pairs from a news file of `{id, source, summary}` lines (`../shared/data/news/`):
     the system's summary is the "faithful" one; the unfaithful one exchanges two of its entities
     that the article also names (`corruption="swap"`), or replaces one of them by another
@@ -95,11 +99,14 @@ def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap",
     `faithful="article"` takes instead the article's first sentence that allows the corruption
     (verbatim, so faithful for certain; the source is still the whole article): a second pool of
     pairs from the same articles, used when every summary-based pair has already served to choose
-    a model."""
+    a model. `article_skip` K > 0 passes over each article's first K such sentences: one more fresh
+    pool once the first sentences have served."""
     if corruption not in NEWS_CORRUPTIONS:
         raise ValueError(f"corruption must be one of {NEWS_CORRUPTIONS}, got {corruption!r}")
     if faithful not in NEWS_FAITHFUL:
         raise ValueError(f"faithful must be one of {NEWS_FAITHFUL}, got {faithful!r}")
+    if not isinstance(article_skip, int) or article_skip < 0 or (article_skip and faithful != "article"):
+        raise ValueError(f"article_skip must be an int >= 0, and > 0 only with faithful='article'; got {article_skip!r}")
     if nlp is None:
         from quals_fast.reference.qags import load_spacy
 
@@ -116,10 +123,10 @@ def build_news_swap_pairs(path, n: int = 40, nlp=None, corruption: str = "swap",
             texts = [r["source"][a:b] for a, b in sentence_spans(r["source"])]
             docs = nlp.pipe(texts)
         if corruption == "swap":
-            found = _first_changed(texts, docs, lambda text, doc: _swap(text, doc, r["source"]))
+            found = _first_changed(texts, docs, lambda text, doc: _swap(text, doc, r["source"]), article_skip)
         else:
             source_doc = nlp(r["source"])
-            found = _first_changed(texts, docs, lambda text, doc: _substitute(text, doc, source_doc))
+            found = _first_changed(texts, docs, lambda text, doc: _substitute(text, doc, source_doc), article_skip)
         if found:
             k, text, changed = found
             pair_id = f"{Path(path).stem}-{r.get('id', len(pairs))}" + (f"-sentence{k}" if summary_docs is None else "")
@@ -218,6 +225,9 @@ def register_cli(subparsers):
     p.add_argument("--faithful", default="summary", choices=NEWS_FAITHFUL,
                    help="with --news-file: the faithful text is the system's summary, or the article's first sentence "
                    "that allows the corruption (verbatim)")
+    p.add_argument("--article-skip", type=int, default=0,
+                   help="with --faithful article: pass over each article's first N sentences that allow the corruption "
+                   "(a fresh pool once those have served)")
     p.add_argument("--pairs-file", default=None, help="score the pairs of this file (written by --save-pairs) instead of building them (needs no spaCy)")
     p.add_argument("--save-pairs", default=None, help="write the built pairs to this JSON file and stop")
     p.add_argument("--output", default=None, help="also write the figures and every pair's scores to this JSON file")
@@ -238,12 +248,12 @@ def register_cli(subparsers):
             return 0
         if args.pairs_file and (args.save_pairs or args.news_file):
             raise SystemExit("eval-swaps: --pairs-file excludes --save-pairs and --news-file")
-        if not args.news_file and (args.corruption, args.faithful) != ("swap", "summary"):
-            raise SystemExit("eval-swaps: --corruption and --faithful apply only with --news-file")
+        if not args.news_file and (args.corruption, args.faithful, args.article_skip) != ("swap", "summary", 0):
+            raise SystemExit("eval-swaps: --corruption, --faithful and --article-skip apply only with --news-file")
         try:
             pairs = (load_swap_pairs(args.pairs_file, args.pairs) if args.pairs_file
                      else build_news_swap_pairs(args.news_file, args.pairs, corruption=args.corruption,
-                                                 faithful=args.faithful) if args.news_file
+                                                 faithful=args.faithful, article_skip=args.article_skip) if args.news_file
                      else None)
         except (OSError, ValueError) as e:
             raise SystemExit(f"eval-swaps: {e}")
