@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "quals_fast.training.qagen_eval",
     "quals_fast.training.swap_eval",
     "quals_fast.training.average",
+    "quals_fast.training.embeddings",
     "quals_fast.training.qg",
     "quals_fast.training.qa",
     "quals_fast.training.qags_eval",

@@ -627,6 +627,61 @@ def test_frozen_encoder_trains_the_decoder_only_and_resumes_exactly(tmp_path):
         qagen.train_qagen(_opts(tmp_path / "qa", freeze_encoder=True), qa.QA_RECIPE)
 
 
+def test_frozen_embeddings_keep_every_word_row_while_the_layers_train(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    a = tmp_path / "a"
+    qagen.train_qagen(_opts(a, freeze_embeddings=True))
+    model, _ = qagen.QAGEN_RECIPE.build_model(_opts(a))
+    s6 = _ckpt_state(a, 6)
+    # save_model stores the tied word embeddings once, under one of their names
+    word = next(k for k, v in s6.items() if v.shape == model.get_input_embeddings().weight.shape)
+    assert torch.equal(s6[word], model.state_dict()["model.shared.weight"])
+    assert not torch.equal(s6["model.encoder.layers.0.fc1.weight"], model.state_dict()["model.encoder.layers.0.fc1.weight"])
+    # Without the option the rows of tokens no target contains move too: the drift it prevents.
+    b = tmp_path / "b"
+    qagen.train_qagen(_opts(b))
+    tok = warmstart.load_tokenizer(_minilm_dir())
+    seen = {t for p in qagen_data.build_paragraphs([DATA / f for f in qagen_data.TRAIN_FILES], tok, len(tok) - 1, 48, 24, 3)
+            for tgt in p.targets + [p.source] for t in tgt}
+    unseen = torch.tensor(sorted(set(range(1000, 30000)) - seen))
+    moved = _ckpt_state(b, 6)[word][unseen] - model.state_dict()["model.shared.weight"][unseen]
+    assert moved.abs().amax(1).min() > 0
+
+
+def test_restore_embeddings_puts_back_exactly_the_never_targeted_rows(tmp_path):
+    _needs_data()
+    minilm = _minilm_dir()
+    from transformers import AutoModel
+
+    from quals_fast.cli import main as cli_main
+    from quals_fast.training import embeddings
+    from quals_fast.training.warmstart import load_qagen_for_training
+
+    run = tmp_path / "run"
+    qagen.train_qagen(_opts(run, steps=3))
+    out = tmp_path / "restored"
+    cli_main(["restore-embeddings", "--model", str(run / "best"), "--output-dir", str(out), "--data-dir", str(DATA),
+              "--minilm-dir", str(minilm), "--val-examples", "8"])
+    before, tok = load_qagen_for_training(str(run / "best"))
+    after, _ = load_qagen_for_training(str(out))
+    ref = AutoModel.from_pretrained(str(minilm), local_files_only=True).embeddings.word_embeddings.weight.detach()
+    sep = before.config.qagen_separator_token_id
+    counts = embeddings.target_token_counts(tok, sep, DATA)
+    e0, e1 = before.get_input_embeddings().weight.detach(), after.get_input_embeddings().weight.detach()
+    rows = embeddings.never_targeted(counts, ref.shape[0], set(tok.all_special_ids) | {sep})
+    keep = torch.ones(e0.shape[0], dtype=torch.bool)
+    keep[rows] = False
+    assert 10000 < rows.numel() < 20000 and counts[sep] > 0
+    assert torch.allclose(e1[rows], ref[rows].half().float())
+    assert torch.allclose(e1[keep], e0[keep])
+    assert after.get_output_embeddings().weight.data_ptr() == after.get_input_embeddings().weight.data_ptr()
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["restored_rows"] == rows.numel() and info["val_questions"] == 8
+    with pytest.raises(SystemExit, match="is the input"):
+        cli_main(["restore-embeddings", "--model", str(out), "--output-dir", str(out), "--data-dir", str(DATA)])
+
+
 # --- role-swap contrast (--swap-contrast-weight) ------------------------------------------------
 
 SWAP_CONTEXT = ("Floyd Mayweather beat Manny Pacquiao on points in Las Vegas on Saturday. "

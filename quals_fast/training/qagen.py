@@ -61,6 +61,7 @@ class TrainQAGenOptions:
     swap_pairs_per_step: int = field(default=4, metadata={"help": "role-swap pairs per optimizer step when --swap-contrast-weight > 0"})
     swap_contrast_kind: str = field(default="paragraph", metadata={"help": "what the false side of a role-swap pair changes: 'paragraph' (the two entities exchanged in the paragraph, same question and answer) or 'answer' (same paragraph and question, the other entity as the answer: how likely the source makes a swapped summary's answer) or 'distractor' (as 'answer', with any entity of the answer's kind from the whole paragraph, dates and numbers included, up to two per question)", "choices": qagen_data.CONTRAST_KINDS})
     freeze_encoder: bool = field(default=False, metadata={"help": "train the decoder only: the encoder and the shared word embeddings (which are also the decoder's input and output embeddings) keep the starting model's weights, against the encoder forgetting the text MiniLM was trained on over many passes of SQuAD's 3,343 paragraphs; the encoder's states are then computed once per distinct input and reused, so every epoch after the first runs the decoder alone"})
+    freeze_embeddings: bool = field(default=False, metadata={"help": "keep the word embeddings (the encoder's input, the decoder's input and, tied, its output layer) at the starting model's values while everything else trains: with tied embeddings the softmax pushes every token that no training target contains away at every step, and Adam turns those tiny gradients into full steps, so about half of MiniLM's vocabulary (most news names) drifts together out of reach (see restore-embeddings)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers; with --init-from, a depth above the model's stacks copies of its trained layers on top (never below it)"})
@@ -89,7 +90,7 @@ class TrainQAGenOptions:
         "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
         "entity_infilling", "alignment_loss_weight",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
-        "freeze_encoder",
+        "freeze_encoder", "freeze_embeddings",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -237,6 +238,14 @@ def freeze_encoder(model) -> EncoderCache:
         p.requires_grad_(False)
     model.qagen_encoder_cache = EncoderCache()
     return model.qagen_encoder_cache
+
+
+def freeze_embeddings(model) -> None:
+    """Stop training the word embeddings and, if it is not tied to them, the output layer."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.weight.requires_grad_(False)
 
 
 def _target_logits(model, b, capture: Optional[dict] = None):
@@ -602,6 +611,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         model.config.qagen_input_format = SOURCE_BOS_FORMAT
     if opt.freeze_encoder:
         freeze_encoder(model)
+    if opt.freeze_embeddings:
+        freeze_embeddings(model)
     sep_id = model.config.qagen_separator_token_id
     data = Path(opt.data_dir)
     train_paras = recipe.build_paragraphs(
