@@ -649,6 +649,42 @@ def test_frozen_embeddings_keep_every_word_row_while_the_layers_train(tmp_path):
     assert moved.abs().amax(1).min() > 0
 
 
+def test_frozen_rare_embeddings_keep_exactly_the_rarely_targeted_rows_and_resume_exactly(tmp_path):
+    _needs_data()
+    _minilm_dir()
+    from quals_fast.training import embeddings
+
+    a = tmp_path / "a"
+    qagen.train_qagen(_opts(a, freeze_rare_embeddings=3, weight_decay=0.1))
+    model, tok = qagen.QAGEN_RECIPE.build_model(_opts(a))
+    init = model.state_dict()["model.shared.weight"]
+    s6 = _ckpt_state(a, 6)
+    word = next(k for k, v in s6.items() if v.shape == init.shape)
+    sep = model.config.qagen_separator_token_id
+    paras = qagen_data.build_paragraphs([DATA / f for f in qagen_data.TRAIN_FILES], tok, sep, 48, 24, 3)
+    counts = embeddings.target_counts(paras, init.shape[0])
+    frozen = embeddings.targeted_fewer_than(counts, 3, init.shape[0], set(tok.all_special_ids) | {sep})
+    start = next(json.loads(l) for l in (a / "log.jsonl").read_text().splitlines() if '"start"' in l)
+    assert start["frozen_embedding_rows"] == frozen.numel() > 25000
+    # weight decay 0.1 would move every frozen row if restore() did not undo it
+    assert torch.equal(s6[word][frozen], init[frozen])
+    often = (counts[:init.shape[0]] >= 3).nonzero().flatten()
+    assert sep not in frozen.tolist() and tok.pad_token_id not in frozen.tolist()
+    assert (s6[word][often] - init[often]).abs().amax(1).min() > 0
+    b = tmp_path / "b"
+    qagen.train_qagen(_opts(b, freeze_rare_embeddings=3, weight_decay=0.1, stop_after_steps=3))
+    with pytest.raises(ValueError, match="different training options"):
+        qagen.train_qagen(_opts(b, freeze_rare_embeddings=2, weight_decay=0.1, resume=True))
+    qagen.train_qagen(_opts(b, freeze_rare_embeddings=3, weight_decay=0.1, resume=True))
+    sb = _ckpt_state(b, 6)
+    for k in s6:
+        assert torch.equal(s6[k], sb[k]), k
+    with pytest.raises(ValueError, match="freeze_rare_embeddings cannot be combined"):
+        _opts(tmp_path / "c", freeze_rare_embeddings=3, freeze_embeddings=True).validate()
+    with pytest.raises(ValueError, match="freeze_rare_embeddings must be >= 0"):
+        _opts(tmp_path / "c", freeze_rare_embeddings=-1).validate()
+
+
 def test_restore_embeddings_puts_back_exactly_the_never_targeted_rows(tmp_path):
     _needs_data()
     minilm = _minilm_dir()
@@ -669,7 +705,7 @@ def test_restore_embeddings_puts_back_exactly_the_never_targeted_rows(tmp_path):
     sep = before.config.qagen_separator_token_id
     counts = embeddings.target_token_counts(tok, sep, DATA)
     e0, e1 = before.get_input_embeddings().weight.detach(), after.get_input_embeddings().weight.detach()
-    rows = embeddings.never_targeted(counts, ref.shape[0], set(tok.all_special_ids) | {sep})
+    rows = embeddings.targeted_fewer_than(counts, 1, ref.shape[0], set(tok.all_special_ids) | {sep})
     keep = torch.ones(e0.shape[0], dtype=torch.bool)
     keep[rows] = False
     assert 10000 < rows.numel() < 20000 and counts[sep] > 0

@@ -8,7 +8,8 @@ thousands of steps a QAGen from MiniLM needs, about half of the vocabulary (most
 it) has collapsed towards one vector: the encoder can no longer tell those words apart and the
 decoder cannot write them. Putting MiniLM's rows back for exactly those tokens undoes the drift
 without touching what training learnt for the tokens it did see; `train-qagen
---freeze-embeddings` prevents it."""
+--freeze-embeddings` prevents it for every row, `--freeze-rare-embeddings N` for the rows of
+tokens that the targets contain fewer than N times (`FrozenRows`)."""
 import argparse
 import json
 from pathlib import Path
@@ -18,19 +19,43 @@ import torch
 from .qagen_data import TRAIN_FILES, build_paragraphs
 
 
+def target_counts(paragraphs, minlength: int) -> torch.Tensor:
+    """How often each vocabulary id occurs in the targets of `paragraphs`."""
+    ids = torch.tensor([t for p in paragraphs for tgt in p.targets for t in tgt], dtype=torch.long)
+    return torch.bincount(ids, minlength=minlength)
+
+
 def target_token_counts(tokenizer, sep_id: int, data_dir, max_target_len: int = 64) -> torch.Tensor:
     """How often each vocabulary id occurs in the training targets (question [sep] answer, as
     `train-qagen` tokenises and truncates them)."""
     paras = build_paragraphs([Path(data_dir) / f for f in TRAIN_FILES], tokenizer, sep_id, 512, max_target_len)
-    ids = torch.tensor([t for p in paras for tgt in p.targets for t in tgt], dtype=torch.long)
-    return torch.bincount(ids, minlength=len(tokenizer))
+    return target_counts(paras, len(tokenizer))
 
 
-def never_targeted(counts: torch.Tensor, n_rows: int, keep_ids) -> torch.Tensor:
-    """Ids below `n_rows` with a zero count, except `keep_ids` (special tokens, the separator)."""
-    mask = counts[:n_rows] == 0
+def targeted_fewer_than(counts: torch.Tensor, n: int, n_rows: int, keep_ids) -> torch.Tensor:
+    """Ids below `n_rows` whose count is below `n`, except `keep_ids` (special tokens, the separator)."""
+    mask = counts[:n_rows] < n
     mask[[i for i in keep_ids if i < n_rows]] = False
     return mask.nonzero().flatten()
+
+
+class FrozenRows:
+    """Keeps `rows` of a model's shared word embeddings at their present values while the rest of
+    the matrix trains. Their gradient is zeroed as it is computed, so that gradient clipping and
+    Adam's moments never see it; `restore()` after each optimizer step then undoes what no
+    gradient can prevent, AdamW's decoupled weight decay."""
+
+    def __init__(self, model, rows: torch.Tensor):
+        self.weight = model.get_input_embeddings().weight
+        if model.get_output_embeddings() is not None and model.get_output_embeddings().weight is not self.weight:
+            raise ValueError("freezing embedding rows needs the output layer tied to the word embeddings")
+        self.rows = rows.to(self.weight.device)
+        self.values = self.weight.detach()[self.rows].clone()
+        self.weight.register_hook(lambda g: g.index_fill(0, self.rows, 0.0))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        self.weight[self.rows] = self.values
 
 
 @torch.no_grad()
@@ -61,7 +86,7 @@ def restore_embeddings(model_dir, output_dir, data_dir="../shared/data/squad", m
     reference = AutoModel.from_pretrained(str(minilm_dir), local_files_only=True).embeddings.word_embeddings.weight
     sep_id = model.config.qagen_separator_token_id
     counts = target_token_counts(tok, sep_id, data_dir)
-    rows = never_targeted(counts, reference.shape[0], set(tok.all_special_ids) | {sep_id})
+    rows = targeted_fewer_than(counts, 1, reference.shape[0], set(tok.all_special_ids) | {sep_id})
     restore_rows(model, reference, rows)
     val, n_val = validation_loss(model, tok, data_dir, val_examples)
     info = {"restored_from": str(model_dir), "minilm": str(minilm_dir), "restored_rows": int(rows.numel()),

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import qagen_data
+from . import embeddings, qagen_data
 from .warmstart import SOURCE_BOS_FORMAT, build_warmstart_model, deepen_decoder, load_qagen_for_training
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -62,6 +62,7 @@ class TrainQAGenOptions:
     swap_contrast_kind: str = field(default="paragraph", metadata={"help": "what the false side of a role-swap pair changes: 'paragraph' (the two entities exchanged in the paragraph, same question and answer) or 'answer' (same paragraph and question, the other entity as the answer: how likely the source makes a swapped summary's answer) or 'distractor' (as 'answer', with any entity of the answer's kind from the whole paragraph, dates and numbers included, up to two per question)", "choices": qagen_data.CONTRAST_KINDS})
     freeze_encoder: bool = field(default=False, metadata={"help": "train the decoder only: the encoder and the shared word embeddings (which are also the decoder's input and output embeddings) keep the starting model's weights, against the encoder forgetting the text MiniLM was trained on over many passes of SQuAD's 3,343 paragraphs; the encoder's states are then computed once per distinct input and reused, so every epoch after the first runs the decoder alone"})
     freeze_embeddings: bool = field(default=False, metadata={"help": "keep the word embeddings (the encoder's input, the decoder's input and, tied, its output layer) at the starting model's values while everything else trains: with tied embeddings the softmax pushes every token that no training target contains away at every step, and Adam turns those tiny gradients into full steps, so about half of MiniLM's vocabulary (most news names) drifts together out of reach (see restore-embeddings)"})
+    freeze_rare_embeddings: int = field(default=0, metadata={"help": "keep the word-embedding rows of tokens that the training targets contain fewer than N times at the starting model's values, and train the rest: the rows that drift (see --freeze-embeddings) are those of rare and never-targeted tokens, while the frequent ones are the output layer's working part, and freezing all of them slows learning too much; special tokens and the separator always train; 0 = off"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and dropout"})
     decoder_layers: int = field(default=3, metadata={"help": "decoder depth; its self-attention/FFN start from evenly spread MiniLM layers; with --init-from, a depth above the model's stacks copies of its trained layers on top (never below it)"})
@@ -90,7 +91,7 @@ class TrainQAGenOptions:
         "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
         "entity_infilling", "alignment_loss_weight",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
-        "freeze_encoder", "freeze_embeddings",
+        "freeze_encoder", "freeze_embeddings", "freeze_rare_embeddings",
     )
 
     def validate(self) -> "TrainQAGenOptions":
@@ -110,7 +111,7 @@ class TrainQAGenOptions:
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit", "short_context_sentences",
-                     "renamed_copies"):
+                     "renamed_copies", "freeze_rare_embeddings"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -141,6 +142,8 @@ class TrainQAGenOptions:
             bad(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.device not in DEVICES:
             bad(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.freeze_rare_embeddings and (self.freeze_embeddings or self.freeze_encoder):
+            bad("freeze_rare_embeddings cannot be combined with freeze_embeddings or freeze_encoder, which freeze every row")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             bad("stop_after_steps must be >= 1")
         if self.max_minutes is not None and not (self.max_minutes > 0 and math.isfinite(self.max_minutes)):
@@ -654,6 +657,12 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
 
     model.to(device)
     model.train()
+    frozen_rows = None
+    if opt.freeze_rare_embeddings:
+        n_rows = model.get_input_embeddings().weight.shape[0]
+        rows = embeddings.targeted_fewer_than(embeddings.target_counts(train_paras, n_rows), opt.freeze_rare_embeddings,
+                                              n_rows, set(tok.all_special_ids) | {sep_id})
+        frozen_rows = embeddings.FrozenRows(model, rows)
     optimizer = torch.optim.AdamW(_param_groups(model, opt.weight_decay), lr=opt.lr, betas=(0.9, 0.98), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(opt.warmup_steps, total))
     scaler = torch.amp.GradScaler("cuda") if (opt.dtype == "fp16" and device.type == "cuda") else None
@@ -676,6 +685,7 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         "val_questions": len(val_items), "device": str(device), "dtype": opt.dtype,
         "params": sum(p.numel() for p in model.parameters()),
         "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **({"frozen_embedding_rows": int(frozen_rows.rows.numel())} if frozen_rows is not None else {}),
         **({"swap_pairs": len(contrast) // 2, "val_swap_pairs": len(val_contrast) // 2} if contrast else {}),
     })
 
@@ -735,6 +745,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
             scaler.update()
         else:
             optimizer.step()
+        if frozen_rows is not None:
+            frozen_rows.restore()
         scheduler.step()
         step += 1
         lv = float(loss.detach())
