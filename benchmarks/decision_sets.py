@@ -1,4 +1,5 @@
-"""Rebuild the held-out news decision sets X1, X2 and X3 from pools P, R and X, and check them.
+"""Rebuild the held-out news decision sets X1, X2, X3 (and Y1, Y2 where pool Y is there) from
+pools P, R, X (and Y), and check them.
 
     python benchmarks/decision_sets.py POOLS_DIR
 
@@ -8,20 +9,23 @@ docs/QAGEN_EXPERIMENTS.md, sessions 16, 20 and 28; all on ../shared/data/news/xs
     eval-swaps --news-file N --corruption swap --faithful article --pairs 1000 --save-pairs P
     eval-swaps --news-file N --corruption substitute --faithful article --pairs 1000 --save-pairs R
     eval-swaps --news-file N --corruption substitute --faithful article --article-skip 1 --pairs 1000 --save-pairs X
+    eval-swaps --news-file N --corruption substitute --faithful article --article-skip 2 --pairs 1000 --save-pairs Y
 
 X's pairs whose faithful sentence (same article) is one of P's or R's are dropped, since models
 have been scored on those sentences; X1, X2 and X3 are the kept pairs 0-299, 300-599 and 600 on,
-written beside the pools. The decision rules name the sets by sha256, so a rebuild that differs
+written beside the pools. Y (session 34, after X3 was spent) gives Y1 and Y2, its kept pairs 0-299
+and 300-599, once the pairs whose faithful sentence is one of P's, R's or X's are dropped. The decision rules name the sets by sha256, so a rebuild that differs
 from the recorded hashes stops here rather than deciding on other pairs."""
 import argparse
 import hashlib
 import json
 from pathlib import Path
 
-# sha256 prefixes recorded when each set was fixed (sessions 28 and 33)
+# sha256 prefixes recorded when each set was fixed (sessions 28, 33 and 34)
 RECORDED = {"P": "72fb454c", "R": "a55891ba", "X": "076a331e", "X1": "46ad8491", "X2": "cd51dfd4",
-            "X3": "d918a392"}
-SPLITS = {"X1": slice(0, 300), "X2": slice(300, 600), "X3": slice(600, None)}
+            "X3": "d918a392", "Y": "6984de8f", "Y1": "17d403af", "Y2": "f8966fdd"}
+SPLITS = {"X": {"X1": slice(0, 300), "X2": slice(300, 600), "X3": slice(600, None)},
+          "Y": {"Y1": slice(0, 300), "Y2": slice(300, 600)}}
 
 
 def _digest(data: bytes) -> str:
@@ -36,17 +40,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pools", type=Path)
     args = ap.parse_args(argv)
-    raw = {name: (args.pools / name).read_bytes() for name in "PRX"}
+    names = "PRXY" if (args.pools / "Y").is_file() else "PRX"
+    raw = {name: (args.pools / name).read_bytes() for name in names}
     pools = {name: json.loads(data) for name, data in raw.items()}
-    seen = {(_article(p["id"]), p["faithful"]) for p in pools["P"] + pools["R"]}
-    keep = [p for p in pools["X"] if (_article(p["id"]), p["faithful"]) not in seen]
-    print(f"P {len(pools['P'])}, R {len(pools['R'])}, X {len(pools['X'])} pairs; {len(keep)} of X kept")
     digests = {name: _digest(data) for name, data in raw.items()}
-    for name, part in SPLITS.items():
-        text = json.dumps(keep[part], indent=1) + "\n"
-        (args.pools / name).write_text(text, encoding="utf-8")
-        digests[name] = _digest(text.encode("utf-8"))
-        print(f"{name}: {len(keep[part])} pairs, {keep[part][0]['id']} ... {keep[part][-1]['id']}")
+    seen = {(_article(p["id"]), p["faithful"]) for p in pools["P"] + pools["R"]}
+    for pool in names[2:]:
+        keep = [p for p in pools[pool] if (_article(p["id"]), p["faithful"]) not in seen]
+        print(f"{pool}: {len(pools[pool])} pairs, {len(keep)} kept")
+        for name, part in SPLITS[pool].items():
+            text = json.dumps(keep[part], indent=1) + "\n"
+            (args.pools / name).write_text(text, encoding="utf-8")
+            digests[name] = _digest(text.encode("utf-8"))
+            print(f"{name}: {len(keep[part])} pairs, {keep[part][0]['id']} ... {keep[part][-1]['id']}")
+        # a later pool's sets also leave out every sentence the earlier pools offered
+        seen |= {(_article(p["id"]), p["faithful"]) for p in pools[pool]}
     wrong = []
     for name, digest in digests.items():
         ok = digest.startswith(RECORDED[name])
