@@ -48,6 +48,10 @@ log "setup done"
 # name, decoder layers, peak lr, seed: the deeper decoder is the question; the three-layer run is
 # the same continuation without it.
 RUNS=("G6a 6 3e-4 341" "G6b 6 6e-4 342" "G3 3 3e-4 343")
+# Session 35's second leg: RUNS_SPEC="name layers lr seed;..." replaces the runs, SOUP=1 averages
+# their averages into one candidate (they share B0 as their start), and PAIRS=0 skips the screen.
+if [ -n "${RUNS_SPEC:-}" ]; then IFS=';' read -r -a RUNS <<< "$RUNS_SPEC"; fi
+SOUP=${SOUP:-0}
 for spec in "${RUNS[@]}"; do
   set -- $spec
   "${QF[@]}" train-qagen --output-dir "$W/$1" --init-from $B0 --data-dir "$W/squad" --source-bos \
@@ -81,11 +85,18 @@ EOF
 done
 wait
 log "averaging done"
+if [ "$SOUP" = 1 ]; then
+  avgs=$(ls -d "$W"/avg-*/ 2>/dev/null | tr '\n' ' ')
+  timeout "$(until_reserve 60)" "${QF[@]}" average-qagen $avgs --output "$W/avg-soup" --data-dir "$W/squad" --val-examples "$VAL" \
+    --threads "$THREADS" > "$L/avg-soup.log" 2>&1
+  RUNS=("soup")
+  log "soup of $avgs done"
+fi
 
 # Screen on X2's first PAIRS pairs; whatever has not finished by the cut-off is not ranked.
 for spec in "${RUNS[@]}"; do
   set -- $spec
-  [ -f "$W/avg-$1/model.safetensors" ] || continue
+  [ "$PAIRS" -gt 0 ] && [ -f "$W/avg-$1/model.safetensors" ] || continue
   timeout "$(until_reserve 35)" "${QF[@]}" eval-swaps --model "$W/avg-$1" --device "$DEVICE" --pairs-file "$W/X2.json" --pairs "$PAIRS" \
     --output "$L/X2-$1.json" --no-progress > "$L/screen-$1.log" 2>&1 &
 done
