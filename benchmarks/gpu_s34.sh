@@ -52,6 +52,10 @@ RUNS=("G6a 6 3e-4 341" "G6b 6 6e-4 342" "G3 3 3e-4 343")
 # their averages into one candidate (they share B0 as their start), and PAIRS=0 skips the screen.
 if [ -n "${RUNS_SPEC:-}" ]; then IFS=';' read -r -a RUNS <<< "$RUNS_SPEC"; fi
 SOUP=${SOUP:-0}
+# What the averaging must leave for the stages after it: the screen (about 80 s on the GPU) and
+# the soup each need their share. Session 35's second leg reserved the screen's 200 s with no
+# screen to run, and its timeouts killed every average.
+AVG_RESERVE=$(( (PAIRS > 0 ? 160 : 0) + (SOUP == 1 ? 40 : 0) + 20 ))
 for spec in "${RUNS[@]}"; do
   set -- $spec
   "${QF[@]}" train-qagen --output-dir "$W/$1" --init-from $B0 --data-dir "$W/squad" --source-bos \
@@ -77,17 +81,17 @@ EOF
 )
   n=$(echo $sel | wc -w)
   if [ "$n" -ge 2 ]; then
-    timeout "$(until_reserve 200)" "${QF[@]}" average-qagen $sel --base "$W/$1/best" --output "$W/avg-$1" --data-dir "$W/squad" --val-examples "$VAL" \
+    timeout "$(until_reserve $AVG_RESERVE)" "${QF[@]}" average-qagen $sel --base "$W/$1/best" --output "$W/avg-$1" --data-dir "$W/squad" --val-examples "$VAL" \
       --threads "$THREADS" > "$L/avg-$1.log" 2>&1 &
   else
     log "$1: $n checkpoints in its second half, not averaged"
   fi
 done
 wait
-log "averaging done"
-if [ "$SOUP" = 1 ]; then
-  avgs=$(ls -d "$W"/avg-*/ 2>/dev/null | tr '\n' ' ')
-  timeout "$(until_reserve 60)" "${QF[@]}" average-qagen $avgs --output "$W/avg-soup" --data-dir "$W/squad" --val-examples "$VAL" \
+avgs=$(ls -d "$W"/avg-*/ 2>/dev/null | tr '\n' ' ')
+log "averaging done: $(echo $avgs | wc -w) of ${#RUNS[@]} runs averaged"
+if [ "$SOUP" = 1 ] && [ -n "$avgs" ]; then
+  timeout "$(until_reserve 20)" "${QF[@]}" average-qagen $avgs --output "$W/avg-soup" --data-dir "$W/squad" --val-examples "$VAL" \
     --threads "$THREADS" > "$L/avg-soup.log" 2>&1
   RUNS=("soup")
   log "soup of $avgs done"
