@@ -1,31 +1,36 @@
-"""Rebuild the held-out news decision sets X1, X2, X3 (and Y1, Y2 where pool Y is there) from
-pools P, R, X (and Y), and check them.
+"""Rebuild the held-out news decision sets X1, X2, X3 (and Y1, Y2, Z1, Z2 where pools Y and Z
+are there) from pools P, R, X (and Y, Z), and check them.
 
     python benchmarks/decision_sets.py POOLS_DIR
 
-POOLS_DIR holds the three pools as `quals-fast eval-swaps --save-pairs` wrote them (commands in
+POOLS_DIR holds the pools as `quals-fast eval-swaps --save-pairs` wrote them (commands in
 docs/QAGEN_EXPERIMENTS.md, sessions 16, 20 and 28; all on ../shared/data/news/xsum_1000.jsonl):
 
     eval-swaps --news-file N --corruption swap --faithful article --pairs 1000 --save-pairs P
     eval-swaps --news-file N --corruption substitute --faithful article --pairs 1000 --save-pairs R
     eval-swaps --news-file N --corruption substitute --faithful article --article-skip 1 --pairs 1000 --save-pairs X
     eval-swaps --news-file N --corruption substitute --faithful article --article-skip 2 --pairs 1000 --save-pairs Y
+    eval-swaps --news-file N --corruption substitute --faithful article --article-skip 3 --pairs 1000 --save-pairs Z
 
 X's pairs whose faithful sentence (same article) is one of P's or R's are dropped, since models
 have been scored on those sentences; X1, X2 and X3 are the kept pairs 0-299, 300-599 and 600 on,
 written beside the pools. Y (session 34, after X3 was spent) gives Y1 and Y2, its kept pairs 0-299
-and 300-599, once the pairs whose faithful sentence is one of P's, R's or X's are dropped. The decision rules name the sets by sha256, so a rebuild that differs
+and 300-599, once the pairs whose faithful sentence is one of P's, R's or X's are dropped; Z
+(session 35, with Y2 set aside for a registered candidate) gives Z1 and Z2 likewise, leaving out
+every sentence P to Y offered. The decision rules name the sets by sha256, so a rebuild that differs
 from the recorded hashes stops here rather than deciding on other pairs."""
 import argparse
 import hashlib
 import json
 from pathlib import Path
 
-# sha256 prefixes recorded when each set was fixed (sessions 28, 33 and 34)
+# sha256 prefixes recorded when each set was fixed (sessions 28, 33, 34 and 35)
 RECORDED = {"P": "72fb454c", "R": "a55891ba", "X": "076a331e", "X1": "46ad8491", "X2": "cd51dfd4",
-            "X3": "d918a392", "Y": "6984de8f", "Y1": "17d403af", "Y2": "f8966fdd"}
+            "X3": "d918a392", "Y": "6984de8f", "Y1": "17d403af", "Y2": "f8966fdd",
+            "Z": "262ff8f4", "Z1": "f38d21f6", "Z2": "92b4bf85"}
 SPLITS = {"X": {"X1": slice(0, 300), "X2": slice(300, 600), "X3": slice(600, None)},
-          "Y": {"Y1": slice(0, 300), "Y2": slice(300, 600)}}
+          "Y": {"Y1": slice(0, 300), "Y2": slice(300, 600)},
+          "Z": {"Z1": slice(0, 300), "Z2": slice(300, 600)}}
 
 
 def _digest(data: bytes) -> str:
@@ -40,7 +45,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pools", type=Path)
     args = ap.parse_args(argv)
-    names = "PRXY" if (args.pools / "Y").is_file() else "PRX"
+    # each later pool is read only with every earlier one, whose sentences it leaves out
+    names = "PRX" + "".join(n for n in "YZ" if (args.pools / n).is_file())
+    if names not in ("PRX", "PRXY", "PRXYZ"):
+        raise SystemExit(f"pool Z needs pool Y beside it in {args.pools}")
     raw = {name: (args.pools / name).read_bytes() for name in names}
     pools = {name: json.loads(data) for name, data in raw.items()}
     digests = {name: _digest(data) for name, data in raw.items()}
