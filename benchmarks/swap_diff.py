@@ -1,6 +1,10 @@
 """Paired comparison of two `quals-fast eval-swaps --output` files scored on the same pairs.
 
     python benchmarks/swap_diff.py BASELINE.json CANDIDATE.json
+    python benchmarks/swap_diff.py B_SET1.json,B_SET2.json C_SET1.json,C_SET2.json
+
+A side may name several files (comma-separated), one per decision set: their pairs are pooled,
+and a pair id met twice is refused, since it would count one pair twice.
 
 Over the pairs both models scored (each gives the faithful and the swapped summary a QUALS
 score), per pair the candidate's gap (faithful − swapped) minus the baseline's: their mean, its
@@ -11,11 +15,15 @@ import json
 import math
 
 
-def gaps(path):
-    out = {}
-    for it in json.load(open(path, encoding="utf-8"))["items"]:
-        if it["faithful_score"] is not None and it["swapped_score"] is not None:
-            out[it["id"]] = it["faithful_score"] - it["swapped_score"]
+def gaps(paths):
+    out, seen = {}, set()
+    for path in paths.split(","):
+        for it in json.load(open(path, encoding="utf-8"))["items"]:
+            if it["id"] in seen:
+                raise SystemExit(f"pair {it['id']} appears twice in {paths}")
+            seen.add(it["id"])
+            if it["faithful_score"] is not None and it["swapped_score"] is not None:
+                out[it["id"]] = it["faithful_score"] - it["swapped_score"]
     return out
 
 
@@ -34,6 +42,8 @@ def main(argv=None):
     for name, g in (("baseline", a), ("candidate", b)):
         v = list(g.values())
         print(f"{name:9s}: {sum(x > 0 for x in v) / len(v):.1%} ranked right ({len(v)} scored), mean gap {sum(v) / len(v):+.3f}")
+    if se == 0:
+        raise SystemExit(f"the two sides give every one of {len(both)} pairs the same gap difference {mean:+.3f}: nothing to compare")
     print(f"paired (candidate - baseline) over {len(both)} pairs: {mean:+.3f} +- {se:.3f} ({mean / se:+.1f} SE)")
 
 
