@@ -17,20 +17,20 @@ have been scored on those sentences; X1, X2 and X3 are the kept pairs 0-299, 300
 written beside the pools. Y (session 34, after X3 was spent) gives Y1 and Y2, its kept pairs 0-299
 and 300-599, once the pairs whose faithful sentence is one of P's, R's or X's are dropped; Z
 (session 35, with Y2 set aside for a registered candidate) gives Z1 and Z2 likewise, leaving out
-every sentence P to Y offered. The decision rules name the sets by sha256, so a rebuild that differs
+every sentence P to Y offered; Z3 (session 36) is Z's kept pairs from 600 on. The decision rules name the sets by sha256, so a rebuild that differs
 from the recorded hashes stops here rather than deciding on other pairs."""
 import argparse
 import hashlib
 import json
 from pathlib import Path
 
-# sha256 prefixes recorded when each set was fixed (sessions 28, 33, 34 and 35)
+# sha256 prefixes recorded when each set was fixed (sessions 28, 33, 34, 35 and 36)
 RECORDED = {"P": "72fb454c", "R": "a55891ba", "X": "076a331e", "X1": "46ad8491", "X2": "cd51dfd4",
             "X3": "d918a392", "Y": "6984de8f", "Y1": "17d403af", "Y2": "f8966fdd",
-            "Z": "262ff8f4", "Z1": "f38d21f6", "Z2": "92b4bf85"}
+            "Z": "262ff8f4", "Z1": "f38d21f6", "Z2": "92b4bf85", "Z3": "f9cb92aa"}
 SPLITS = {"X": {"X1": slice(0, 300), "X2": slice(300, 600), "X3": slice(600, None)},
           "Y": {"Y1": slice(0, 300), "Y2": slice(300, 600)},
-          "Z": {"Z1": slice(0, 300), "Z2": slice(300, 600)}}
+          "Z": {"Z1": slice(0, 300), "Z2": slice(300, 600), "Z3": slice(600, None)}}
 
 
 def _digest(data: bytes) -> str:

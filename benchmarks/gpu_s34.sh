@@ -52,6 +52,9 @@ RUNS=("G6a 6 3e-4 341" "G6b 6 6e-4 342" "G3 3 3e-4 343")
 # their averages into one candidate (they share B0 as their start), and PAIRS=0 skips the screen.
 if [ -n "${RUNS_SPEC:-}" ]; then IFS=';' read -r -a RUNS <<< "$RUNS_SPEC"; fi
 SOUP=${SOUP:-0}
+RUNS_ALL=("${RUNS[@]}")  # the soup replaces RUNS; the runs' own records still go back
+# Session 36: TRAIN_EXTRA adds training options to every run (L: --label-smoothing 0.1).
+TRAIN_EXTRA=${TRAIN_EXTRA:-}
 # What the averaging must leave for the stages after it: the screen (about 80 s on the GPU) and
 # the soup each need their share. Session 35's second leg reserved the screen's 200 s with no
 # screen to run, and its timeouts killed every average.
@@ -63,7 +66,7 @@ for spec in "${RUNS[@]}"; do
     --max-target-len 64 --weight-decay 0.01 --warmup-steps 30 --batch-size "$BATCH" --steps "$STEPS" \
     --eval-every 100 --save-every "$SAVE" --keep-checkpoints 40 --val-examples "$VAL" --device "$DEVICE" \
     --dtype "$DTYPE" --threads "$THREADS" --no-progress --max-minutes "$TRAIN_MIN" --decoder-layers "$2" \
-    --lr "$3" --seed "$4" > "$L/train-$1.log" 2>&1 &
+    --lr "$3" --seed "$4" $TRAIN_EXTRA > "$L/train-$1.log" 2>&1 &
 done
 wait
 log "training done"
@@ -147,7 +150,7 @@ if [ -f "$W/pick.safetensors" ]; then
   pick=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pick']['name'])" "$L/pick.json")
   split -b 15M -d "$W/pick.safetensors" "$OUT/pick.safetensors.part"
   cp -r "$W/avg-$pick" "$W/meta" && rm "$W/meta/model.safetensors"
-  for r in "$W"/G*; do cp "$r/training_info.json" "$W/meta/run-$(basename "$r").json" 2>/dev/null; done
+  for spec in "${RUNS_ALL[@]}"; do r=${spec%% *}; cp "$W/$r/training_info.json" "$W/meta/run-$r.json" 2>/dev/null; done
 fi
 log "packed"
 tar cJf "$OUT/logs.tar.xz" -C "$W" logs $(cd "$W" && ls -d meta 2>/dev/null)
