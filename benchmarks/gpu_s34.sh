@@ -150,7 +150,7 @@ if [ -f "$W/pick.safetensors" ]; then
   pick=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['pick']['name'])" "$L/pick.json")
   split -b 15M -d "$W/pick.safetensors" "$OUT/pick.safetensors.part"
   cp -r "$W/avg-$pick" "$W/meta" && rm "$W/meta/model.safetensors"
-  for spec in "${RUNS_ALL[@]}"; do r=${spec%% *}; cp "$W/$r/training_info.json" "$W/meta/run-$r.json" 2>/dev/null; done
+  for spec in "${RUNS_ALL[@]}"; do r=${spec%% *}; cp "$W/$r/best/training_info.json" "$W/meta/run-$r.json" 2>/dev/null; done
 fi
 log "packed"
 tar cJf "$OUT/logs.tar.xz" -C "$W" logs $(cd "$W" && ls -d meta 2>/dev/null)
