@@ -328,6 +328,52 @@ def test_subject_questions_add_training_inputs(tmp_path, warm, nlp):
         qagen.train_qagen(_opts(tmp_path / "q", subject_questions=True), qg.QG_RECIPE)
 
 
+@pytest.mark.parametrize("sentence, expected", [
+    ("Bukayo Saka scored the winner as Arsenal beat Chelsea at the Emirates Stadium.",
+     [("who scored the winner as Arsenal beat Chelsea at the Emirates Stadium?", "Bukayo Saka"),
+      ("who beat Chelsea at the Emirates Stadium?", "Arsenal"),
+      ("who did Arsenal beat at the Emirates Stadium?", "Chelsea")]),
+    ("In Berlin, Macron proposed a joint budget and Merkel said she was open to the idea.",
+     [("who proposed a joint budget?", "Macron"), ("who said she was open to the idea?", "Merkel")]),
+    ("They killed Sattar in March.", []),                         # a pronoun subject names no one
+    ("The new coach won the title in 1918.", []),                 # no named entity in either role
+    ('Smith said "we will win" on Monday.', []),                  # a cut-up quotation
+])
+def test_role_questions(nlp, sentence, expected):
+    assert qagen_data.role_questions(nlp(sentence)) == expected
+
+
+def test_news_questions_add_training_inputs(tmp_path, warm, nlp):
+    _needs_data()
+    _minilm_dir()
+    news = tmp_path / "news.jsonl"
+    news.write_text(json.dumps({"id": 0, "source": "Arsenal beat Chelsea on Sunday. Saka scored the winner.",
+                                "summary": "Chelsea beat Arsenal on Sunday."}) + "\n", encoding="utf-8")
+    extra = qagen_data.build_news_role_paragraphs(news, warm[1], 30522, 48, 24, nlp=nlp)
+    decoded = {warm[1].decode(p.source[:-1]): sorted(warm[1].decode(t) for t in p.targets) for p in extra}
+    # The article with every question, each sentence with its own, the summary with its own only.
+    assert decoded == {
+        "arsenal beat chelsea on sunday. saka scored the winner.": [
+            "who beat chelsea on sunday? [qsep] arsenal", "who did arsenal beat on sunday? [qsep] chelsea",
+            "who scored the winner? [qsep] saka"],
+        "arsenal beat chelsea on sunday.": [
+            "who beat chelsea on sunday? [qsep] arsenal", "who did arsenal beat on sunday? [qsep] chelsea"],
+        "saka scored the winner.": ["who scored the winner? [qsep] saka"],
+        "chelsea beat arsenal on sunday.": [
+            "who beat arsenal on sunday? [qsep] chelsea", "who did chelsea beat on sunday? [qsep] arsenal"],
+    }
+    out = tmp_path / "news"
+    qagen.train_qagen(_opts(out, steps=2, eval_every=2, save_every=2, news_questions=str(news), news_copies=2))
+    start = next(json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"start"' in l)
+    paras = qagen_data.build_paragraphs([DATA / f for f in qagen_data.TRAIN_FILES], warm[1], 30522, 48, 24, 3)
+    assert start["train_questions"] == sum(len(p.targets) for p in paras) + 2 * 8
+    with pytest.raises(ValueError, match="news_questions"):
+        qagen.TrainQAGenOptions(output_dir=str(out), steps=1, news_questions=str(tmp_path / "missing")).validate()
+    news.write_text('{"source": "no summary"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="news.jsonl:1"):
+        qagen_data.build_news_role_paragraphs(news, warm[1], 30522, 48, 24, nlp=nlp)
+
+
 def test_init_from_continues_a_trained_model(tmp_path):
     _needs_data()
     _minilm_dir()

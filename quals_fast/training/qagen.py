@@ -53,6 +53,8 @@ class TrainQAGenOptions:
     repetition_unlikelihood: float = field(default=0.0, metadata={"help": "weight of a token-level unlikelihood loss (Welleck et al. 2019): at every target position, -log(1 - p) of each token already earlier in the same target other than the gold one, against the repeated words a small decoder falls into ('the oldest known known known'); 0 = off; validation loss is always plain NLL"})
     short_context_sentences: int = field(default=0, metadata={"help": "also train on every question with a short input: its answer's sentence plus up to N-1 neighbours (QAGen reads summaries); 0 = paragraphs only"})
     subject_questions: bool = field(default=False, metadata={"help": "also train on rule-made who/what questions about every training sentence that opens with a named-entity subject (whole paragraph as input; needs spaCy, the qags extra)"})
+    news_questions: Optional[str] = field(default=None, metadata={"help": "also train on rule-made questions about who did what (every finite verb whose subject or object is one named entity) in this news file of {source, summary} lines: each article with all its questions, each of its sentences alone with its own, each summary with its own (needs spaCy, the qags extra); keep the articles any decision or correlation set is drawn from out of it (benchmarks/news_train_split.py)"})
+    news_copies: int = field(default=1, metadata={"help": "how many times the --news-questions examples enter each epoch"})
     renamed_copies: int = field(default=0, metadata={"help": "also train on N copies of every paragraph with its people, organisations and places consistently renamed (paragraph, questions and answers) to other names of their kind, so that who did what can only be read from the input, not recalled; 0 = off (needs spaCy, the qags extra)"})
     entity_infilling: bool = field(default=False, metadata={"help": "also train on entity infilling: every training sentence whose people, organisations, places or nationalities are also named elsewhere in its paragraph, with those mentions masked in the paragraph as input (opened by a marker token) and the sentence as target, so that the decoder learns to copy a sentence exactly and to read who fills each role from the input (needs spaCy, the qags extra)"})
     alignment_loss_weight: float = field(default=0.0, metadata={"help": "weight of a supervised copy-attention loss: one head (the first) of the last decoder layer's cross-attention must, at every answer token, attend to where that token stands in the input (any occurrence of the whole answer), so that the decoder learns to find the answer a question asks for rather than only to write likely words; the model stays a plain BART; 0 = off; validation loss is always plain NLL"})
@@ -89,7 +91,7 @@ class TrainQAGenOptions:
         "steps", "epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "label_smoothing",
         "max_grad_norm", "seed", "init_from", "decoder_layers", "cross_attention_init", "max_source_len", "max_target_len", "dtype",
         "train_limit", "short_context_sentences", "answer_loss_weight", "repetition_unlikelihood", "subject_questions", "renamed_copies",
-        "entity_infilling", "alignment_loss_weight",
+        "news_questions", "news_copies", "entity_infilling", "alignment_loss_weight",
         "swap_contrast_weight", "swap_margin", "swap_pairs_per_step", "swap_contrast_kind", "source_bos",
         "freeze_encoder", "freeze_embeddings", "freeze_rare_embeddings",
     )
@@ -107,7 +109,7 @@ class TrainQAGenOptions:
         if self.epochs is not None and not self.epochs > 0:
             bad(f"epochs must be > 0, got {self.epochs}")
         for name in ("batch_size", "decoder_layers", "threads", "val_batch_size", "keep_checkpoints", "log_every",
-                     "swap_pairs_per_step"):
+                     "swap_pairs_per_step", "news_copies"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "save_every", "val_examples", "train_limit", "short_context_sentences",
@@ -130,6 +132,8 @@ class TrainQAGenOptions:
             bad(f"swap_margin must be a positive number, got {self.swap_margin}")
         if self.swap_contrast_kind not in qagen_data.CONTRAST_KINDS:
             bad(f"swap_contrast_kind must be one of {qagen_data.CONTRAST_KINDS}, got {self.swap_contrast_kind!r}")
+        if self.news_questions is not None and not Path(self.news_questions).is_file():
+            bad(f"news_questions: no such file {self.news_questions!r}")
         if not 0 <= self.label_smoothing < 1:
             bad(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 2 <= self.max_source_len <= 512:
@@ -480,6 +484,8 @@ class Recipe:
     build_renamed_paragraphs: Optional[Callable] = None
     # (files, tokenizer, sep_id, max_source_len, max_target_len, limit) -> [Paragraph]
     build_infilling_paragraphs: Optional[Callable] = None
+    # (news_file, tokenizer, sep_id, max_source_len, max_target_len) -> [Paragraph]
+    build_news_paragraphs: Optional[Callable] = None
     # whether the model this recipe trains is scored through QAGen.encode_text (`source_bos`)
     supports_source_bos: bool = False
     # whether its loss reads the encoder through `_target_logits` (a BART), which `freeze_encoder` needs
@@ -489,7 +495,7 @@ class Recipe:
 QAGEN_RECIPE = Recipe(_build_qagen_model, qagen_data.build_paragraphs, _collate_qagen, qagen_loss,
                       qagen_data.build_short_paragraphs, qagen_data.build_subject_paragraphs,
                       qagen_data.build_swap_contrast, qagen_data.build_renamed_paragraphs,
-                      qagen_data.build_infilling_paragraphs,
+                      qagen_data.build_infilling_paragraphs, qagen_data.build_news_role_paragraphs,
                       supports_source_bos=True, supports_freeze_encoder=True)
 
 
@@ -598,6 +604,8 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         raise ValueError("short_context_sentences is not supported by this model's recipe")
     if opt.subject_questions and recipe.build_subject_paragraphs is None:
         raise ValueError("subject_questions is not supported by this model's recipe")
+    if opt.news_questions and recipe.build_news_paragraphs is None:
+        raise ValueError("news_questions is not supported by this model's recipe")
     if opt.renamed_copies and recipe.build_renamed_paragraphs is None:
         raise ValueError("renamed_copies is not supported by this model's recipe")
     if opt.entity_infilling and recipe.build_infilling_paragraphs is None:
@@ -631,6 +639,11 @@ def train_qagen(options: TrainQAGenOptions, recipe: Recipe = QAGEN_RECIPE) -> di
         train_paras = train_paras + recipe.build_renamed_paragraphs(
             [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit,
             copies=opt.renamed_copies, seed=opt.seed)
+    if opt.news_questions:
+        news = recipe.build_news_paragraphs(opt.news_questions, tok, sep_id, opt.max_source_len, opt.max_target_len)
+        if not news:
+            raise ValueError(f"news_questions: {opt.news_questions} gives no questions")
+        train_paras = train_paras + news * opt.news_copies
     if opt.entity_infilling:
         train_paras = train_paras + recipe.build_infilling_paragraphs(
             [data / f for f in TRAIN_FILES], tok, sep_id, opt.max_source_len, opt.max_target_len, opt.train_limit)

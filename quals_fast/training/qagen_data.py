@@ -249,6 +249,126 @@ def build_subject_paragraphs(
     return out
 
 
+# News names teams, companies and countries as actors ("Arsenal beat Chelsea"), so those are asked
+# with "who" here, unlike SUBJECT_WH's encyclopedic "what".
+ROLE_WH = {"PERSON": "who", "NORP": "who", "ORG": "who", "GPE": "who", "LOC": "what"}
+# Finite verbs and the auxiliary that turns them into an object question.
+_DO_SUPPORT = {"VBD": "did", "VBZ": "does", "VBP": "do"}
+# What may stand between a subject and its verb without the question losing its sense.
+_BETWEEN_SUBJECT_AND_VERB = ("advmod", "aux", "auxpass", "neg")
+# A clause cut out of a quotation or a question reads as neither.
+_QUOTED = re.compile(r"[\"?\u201c\u201d]")
+
+
+def _actor(doc, token) -> tuple[str, str] | None:
+    """(wh-word, text) when `token`'s subtree is one name: a named entity of ROLE_WH's kinds, or
+    proper nouns alone (after at most a determiner), which the small spaCy model often leaves
+    untagged ("Saka scored"). Else None."""
+    lo, hi = token.left_edge.i, token.right_edge.i + 1
+    ent = next((e for e in doc.ents if e.start == lo and e.end == hi), None)
+    if ent is not None:
+        return (ROLE_WH[ent.label_], ent.text) if ent.label_ in ROLE_WH else None
+    words = doc[lo + 1 : hi] if doc[lo].pos_ == "DET" else doc[lo:hi]
+    if len(words) and all(t.pos_ == "PROPN" for t in words):
+        return "who", doc[lo:hi].text
+    return None
+
+
+def _clause_end(verb) -> int:
+    """One past the last token of `verb`'s own clause: its subtree without coordinated clauses
+    ("... and Merkel said ...") and final punctuation."""
+    end = verb.i + 1
+    for child in verb.rights:
+        if child.dep_ in ("conj", "cc", "punct"):
+            break
+        end = child.right_edge.i + 1
+    return end
+
+
+def role_questions(doc) -> list[tuple[str, str]]:
+    """Rule-made questions about who did what in a parsed text, one per finite verb and role
+    (subject, direct object) that is exactly one name (`_actor`): "Saka scored the winner as Arsenal beat Chelsea"
+    -> ("who scored the winner as Arsenal beat Chelsea?", "Saka"), ("who beat Chelsea?",
+    "Arsenal"), ("who did Arsenal beat?", "Chelsea"). Unlike `subject_question` the verb may stand
+    anywhere in a sentence, and objects are asked too: a swapped summary exchanges both."""
+    out = []
+    for verb in doc:
+        if verb.tag_ not in _DO_SUPPORT or verb.pos_ != "VERB":
+            continue
+        end = _clause_end(verb)
+        subjects = [c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")]
+        if len(subjects) != 1 or subjects[0].i > verb.i:
+            continue
+        subject = subjects[0]
+        if subject.pos_ not in ("PROPN", "NOUN"):
+            continue  # "who did they kill?" names no one: the question needs the sentence around it
+        between = doc[subject.right_edge.i + 1 : verb.i]
+        if any(t.dep_ not in _BETWEEN_SUBJECT_AND_VERB for t in between):
+            continue
+        actor = _actor(doc, subject)
+        rest = doc[subject.right_edge.i + 1 : end].text.strip()
+        if actor is not None and 2 <= len(rest.split()) <= 30 and not _QUOTED.search(rest):
+            out.append((f"{actor[0]} {rest}?", actor[1]))
+        objects = [c for c in verb.children if c.dep_ == "dobj"]
+        if (len(objects) != 1 or subject.dep_ != "nsubj" or any(c.dep_ in ("aux", "auxpass", "neg") for c in verb.children)
+                or objects[0].left_edge.i != verb.i + 1):
+            continue
+        obj = _actor(doc, objects[0])
+        if obj is None:
+            continue
+        tail = doc[objects[0].right_edge.i + 1 : end].text.strip()
+        question = " ".join(w for w in (obj[0], _DO_SUPPORT[verb.tag_], doc[subject.left_edge.i : subject.right_edge.i + 1].text,
+                                        verb.lemma_, tail) if w)
+        if len(question.split()) <= 32 and not _QUOTED.search(question):
+            out.append((question + "?", obj[1]))
+    return out
+
+
+def read_news(path: Path | str, max_items: int = 0) -> list[tuple[str, str]]:
+    """[(source, summary), ...] of a news JSONL file of {id, source, summary} lines, the first
+    `max_items` if > 0."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append((str(row["source"]), str(row["summary"])))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a {{source, summary}} JSON line ({e})") from None
+    return rows[:max_items] if max_items else rows
+
+
+def build_news_role_paragraphs(path: Path | str, tokenizer, sep_id: int, max_source_len: int, max_target_len: int,
+                               max_items: int = 0, nlp=None) -> list[Paragraph]:
+    """`role_questions` about news, in three kinds of input: each article with the questions of
+    all its sentences (the source side of QUALS), each of those sentences alone with its own (a
+    summary-length input), and each system summary with its own (what QAGen reads when it
+    generates). A summary may say what its article does not, so its questions are only ever asked
+    of the summary itself. SQuAD's questions are mostly about dates, numbers and descriptions;
+    summaries that swap who did what need questions about the actors."""
+    nlp = _spacy(nlp)
+    texts, questions = [], []
+    for source, summary in read_news(path, max_items):
+        per_sentence = []
+        for a, b in sentence_spans(source):
+            qas = role_questions(nlp(source[a:b]))
+            if qas:
+                per_sentence.append((source[a:b], qas))
+        if per_sentence:
+            texts.append(source)
+            questions.append([qa for _, qas in per_sentence for qa in qas])
+            for sentence, qas in per_sentence:
+                texts.append(sentence)
+                questions.append(qas)
+        qas = role_questions(nlp(summary))
+        if qas:
+            texts.append(summary)
+            questions.append(qas)
+    return tokenise_paragraphs(list(zip(texts, questions)), tokenizer, sep_id, max_source_len, max_target_len)
+
+
 # Named-entity kinds whose exchange changes who did what (people, organisations, places, nationalities).
 SWAP_LABELS = ("PERSON", "ORG", "GPE", "NORP", "LOC")
 # What a role-swap contrast pair varies: the paragraph (source), or the answer (target) for another

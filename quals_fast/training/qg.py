@@ -38,11 +38,11 @@ def build_qg_paragraphs(files, tokenizer, sep_id, max_source_len, max_target_len
     return out
 
 
-# Short inputs, subject questions, renamed copies and entity infilling are QAGen augmentations
+# Short inputs, subject and news questions, renamed copies and entity infilling are QAGen augmentations
 # (they hold QAGen targets or train its decoder), so QG runs without them.
 QG_RECIPE = dataclasses.replace(_qagen.QAGEN_RECIPE, build_paragraphs=build_qg_paragraphs, build_short_paragraphs=None,
                                 build_subject_paragraphs=None, build_renamed_paragraphs=None,
-                                build_infilling_paragraphs=None)
+                                build_infilling_paragraphs=None, build_news_paragraphs=None)
 
 
 def train_qg(options: TrainQAGenOptions) -> dict:
