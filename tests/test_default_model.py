@@ -43,8 +43,6 @@ def test_default_model_separator_and_size():
 SWAPS = ("boxing", "football", "takeover", "summit")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 3: the embedded model is under-trained (see its model card); "
-                                        "swapped summaries do not yet score clearly lower")
 def test_swapped_roles_score_lower(scores):
     """Each topic has a faithful summary and one that swaps who did what (examples/pairs.jsonl).
     "Clearly lower": every swapped summary below its faithful one, by 0.25 nats/token on average."""
